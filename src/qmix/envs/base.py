@@ -22,6 +22,7 @@ that are meaningful on the copies whose episode ended this step (e.g. ``battle_w
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -75,6 +76,19 @@ class BatchedEnv(ABC):
     @abstractmethod
     def step(self, actions: torch.Tensor) -> StepResult:
         """Apply one joint action per copy; ``actions`` is ``[B, n_agents]`` int64."""
+
+    def get_state(self):
+        """Everything needed to continue every copy exactly (for checkpoints mid-episode).
+
+        The default deep-copies the instance's attributes, which is right for environments whose
+        state lives in tensors and plain Python objects. Environments holding processes, sockets or
+        simulators they cannot copy override this to raise ``NotImplementedError``; a resumed run
+        then starts fresh episodes on them.
+        """
+        return copy.deepcopy(self.__dict__)
+
+    def set_state(self, state) -> None:
+        self.__dict__.update(copy.deepcopy(state))
 
     def close(self) -> None:
         """Release resources (worker processes, simulators). Safe to call twice."""

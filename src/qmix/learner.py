@@ -1,0 +1,181 @@
+"""The learner: TD targets on ``Q_tot``, the masked TD loss, the optimiser and target networks.
+
+One update, on a batch of whole episodes ``[B, T(+1), ...]`` (T = the longest episode sampled):
+
+    q        = agent(inputs)                     # [B, T+1, n, A]   online
+    q_target = target_agent(inputs)              # [B, T+1, n, A]
+    chosen   = q[:, :-1].gather(actions)         # [B, T, n]
+    u*       = argmax_{avail} q[:, 1:]           # double Q: online argmax ...
+    next     = q_target[:, 1:].gather(u*)        # ... valued by the target nets
+    q_tot    = mixer(chosen, s_t);  next_tot = target_mixer(next, s_{t+1})
+    y        = r_t + gamma * (1 - terminated_t) * next_tot     (or n-step / TD(lambda))
+    loss     = sum(mask * (q_tot - y)^2) / sum(mask)
+
+With ``mixer = none`` (IQL) every agent has its own TD error against the shared team reward.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+
+from qmix.buffer import EpisodeBatch
+from qmix.controller import UNAVAILABLE, build_inputs
+
+
+def td_targets(reward: torch.Tensor, terminated: torch.Tensor, filled: torch.Tensor,
+               next_value: torch.Tensor, gamma: float, n_step: int = 1, td_lambda: float = 0.0) -> torch.Tensor:
+    """Targets for every step of a batch of episodes.
+
+    ``reward``, ``terminated``, ``filled``: ``[B, T]``; ``next_value [B, T, ...]`` is the target
+    value of the state reached by step t (trailing dims, e.g. agents for IQL, broadcast).
+    A terminated step never bootstraps; the last step of a truncated episode bootstraps from its
+    final state. Steps past an episode's end are garbage and must be masked by the caller.
+    """
+    extra = next_value.dim() - reward.dim()
+    shape = reward.shape + (1,) * extra
+    r = reward.reshape(shape)
+    cont = (~terminated).to(next_value.dtype).reshape(shape)  # 0 where no bootstrap
+    valid = filled.to(next_value.dtype).reshape(shape)
+    if td_lambda > 0:
+        # G_t = r_t + gamma * cont_t * [(1 - lam) V_{t+1} + lam G_{t+1}], with G_{t+1} := V_{t+1}
+        # at the last step of an episode (its final state is bootstrapped fully).
+        T = reward.shape[1]
+        out = torch.empty_like(next_value)
+        g_next = next_value[:, -1]
+        for t in range(T - 1, -1, -1):
+            if t < T - 1:
+                nv = valid[:, t + 1]
+                g_next = nv * ((1 - td_lambda) * next_value[:, t] + td_lambda * out[:, t + 1]) \
+                    + (1 - nv) * next_value[:, t]
+            else:
+                g_next = next_value[:, t]
+            out[:, t] = r[:, t] + gamma * cont[:, t] * g_next
+        return out
+    if n_step == 1:
+        return r + gamma * cont * next_value
+    # n-step: sum_{k<K} gamma^k r_{t+k} + gamma^K cont_{t+K-1} V_{t+K-1}, K = steps left (<= n).
+    T = reward.shape[1]
+    ret = torch.zeros_like(next_value)
+    steps_left = torch.zeros_like(valid)
+    for k in range(n_step):
+        r_k = F.pad(r * valid, (0, 0) * extra + (0, k))[:, k:k + T] if k else r * valid
+        v_k = F.pad(valid, (0, 0) * extra + (0, k))[:, k:k + T] if k else valid
+        ret = ret + (gamma ** k) * r_k
+        steps_left = steps_left + v_k
+    last = (torch.arange(T, device=reward.device).view(1, T, *(1,) * extra) + steps_left - 1).clamp(min=0).long()
+    last = last.expand_as(next_value)
+    boot = (cont.expand_as(next_value) * next_value).gather(1, last)
+    return ret + gamma ** steps_left * boot
+
+
+class Learner:
+    """Owns the online and target networks and the optimiser."""
+
+    def __init__(self, cfg, agent: torch.nn.Module, mixer: torch.nn.Module | None, n_actions: int):
+        self.cfg, self.agent, self.mixer, self.n_actions = cfg, agent, mixer, n_actions
+        self.target_agent = copy.deepcopy(agent).requires_grad_(False)
+        self.target_mixer = copy.deepcopy(mixer).requires_grad_(False) if mixer is not None else None
+        self.params = list(agent.parameters()) + (list(mixer.parameters()) if mixer is not None else [])
+        if cfg.optimizer == "adam":
+            self.optimizer = torch.optim.Adam(self.params, lr=cfg.lr, eps=cfg.optim_eps)
+        else:
+            self.optimizer = torch.optim.RMSprop(self.params, lr=cfg.lr, alpha=cfg.optim_alpha, eps=cfg.optim_eps)
+        self.updates = 0
+
+    def _agent_q(self, batch: EpisodeBatch, target: bool) -> torch.Tensor:
+        # The agent's previous action at step t is actions[t-1]; none (-1) at t = 0.
+        B, T = batch.actions.shape[:2]
+        last = torch.cat([torch.full_like(batch.actions[:, :1], -1), batch.actions], dim=1)  # [B, T+1, n]
+        inputs = build_inputs(self.cfg, batch.obs, last, self.n_actions)  # [B, T+1, n, in]
+        net = self.target_agent if target else self.agent
+        return net.forward_seq(inputs)  # [B, T+1, n, A]
+
+    def loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, dict]:
+        cfg = self.cfg
+        q = self._agent_q(batch, target=False)  # [B, T+1, n, A]
+        with torch.no_grad():
+            q_target = self._agent_q(batch, target=True)  # [B, T+1, n, A]
+            avail_next = batch.avail[:, 1:]  # [B, T, n, A]
+            if cfg.double_q:
+                best = q[:, 1:].detach().masked_fill(~avail_next, UNAVAILABLE).argmax(-1, keepdim=True)
+                next_q = q_target[:, 1:].gather(-1, best).squeeze(-1)  # [B, T, n]
+            else:
+                next_q = q_target[:, 1:].masked_fill(~avail_next, UNAVAILABLE).max(-1).values
+            # A dead or finished agent can have no available action at all: value it 0, not -1e10.
+            next_q = next_q * avail_next.any(-1)
+        chosen = q[:, :-1].gather(-1, batch.actions.unsqueeze(-1)).squeeze(-1)  # [B, T, n]
+
+        if self.mixer is not None:
+            q_tot = self.mixer(chosen, batch.state[:, :-1])  # [B, T]
+            with torch.no_grad():
+                next_tot = self.target_mixer(next_q, batch.state[:, 1:])  # [B, T]
+        else:
+            q_tot, next_tot = chosen, next_q  # IQL: [B, T, n]
+
+        with torch.no_grad():
+            y = td_targets(batch.reward, batch.terminated, batch.filled, next_tot,
+                           cfg.gamma, cfg.n_step, cfg.td_lambda)
+        # Padding mask, and no step after a termination (pymarl's mask[:, 1:] *= 1 - terminated[:, :-1]).
+        mask = batch.filled.clone()
+        mask[:, 1:] &= ~batch.terminated[:, :-1]
+        mask = mask.to(q_tot.dtype)
+        if q_tot.dim() == 3:
+            mask = mask.unsqueeze(-1).expand_as(q_tot)
+        td_error = (q_tot - y) * mask
+        n_valid = mask.sum().clamp(min=1)
+        loss = (td_error ** 2).sum() / n_valid
+        stats = {
+            "loss": loss.detach(),
+            "td_error_abs": td_error.abs().sum().detach() / n_valid,
+            "q_taken_mean": (q_tot * mask).sum().detach() / n_valid,
+            "target_mean": (y * mask).sum().detach() / n_valid,
+        }
+        return loss, stats
+
+    def update(self, batch: EpisodeBatch) -> dict:
+        loss, stats = self.loss(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_norm_clip).detach()
+        self.optimizer.step()
+        self.updates += 1
+        if self.cfg.target_update_tau > 0:
+            self.soft_update_targets(self.cfg.target_update_tau)
+        return stats
+
+    @torch.no_grad()
+    def hard_update_targets(self) -> None:
+        self.target_agent.load_state_dict(self.agent.state_dict())
+        if self.mixer is not None:
+            self.target_mixer.load_state_dict(self.mixer.state_dict())
+
+    @torch.no_grad()
+    def soft_update_targets(self, tau: float) -> None:
+        pairs = [(self.target_agent, self.agent)]
+        if self.mixer is not None:
+            pairs.append((self.target_mixer, self.mixer))
+        for target, online in pairs:
+            for tp, p in zip(target.parameters(), online.parameters()):
+                tp.lerp_(p, tau)
+
+    def state_dict(self) -> dict:
+        return {
+            "agent": self.agent.state_dict(),
+            "target_agent": self.target_agent.state_dict(),
+            "mixer": self.mixer.state_dict() if self.mixer is not None else None,
+            "target_mixer": self.target_mixer.state_dict() if self.mixer is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "updates": self.updates,
+        }
+
+    def load_state_dict(self, data: dict) -> None:
+        self.agent.load_state_dict(data["agent"])
+        self.target_agent.load_state_dict(data["target_agent"])
+        if self.mixer is not None:
+            self.mixer.load_state_dict(data["mixer"])
+            self.target_mixer.load_state_dict(data["target_mixer"])
+        self.optimizer.load_state_dict(data["optimizer"])
+        self.updates = data["updates"]

@@ -1,0 +1,58 @@
+"""Mixers: combine the agents' chosen utilities ``[..., n]`` into ``Q_tot [...]``.
+
+QMIX (Rashid et al. 2018): a two-layer feed-forward net whose weights come from hypernetworks of
+the global state, made non-negative by ``abs`` so that ``dQ_tot/dQ_a >= 0`` (monotonicity, hence
+IGM). Biases are unconstrained; the final bias is ``V(s)``, a two-layer hypernet with a ReLU.
+The state never enters the monotonic path directly.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _hypernet(state_dim: int, out_dim: int, layers: int, embed: int) -> nn.Module:
+    if layers == 1:
+        return nn.Linear(state_dim, out_dim)
+    return nn.Sequential(nn.Linear(state_dim, embed), nn.ReLU(), nn.Linear(embed, out_dim))
+
+
+class QMixer(nn.Module):
+    def __init__(self, n_agents: int, state_dim: int, embed_dim: int = 32, hypernet_layers: int = 1,
+                 hypernet_embed: int = 64):
+        super().__init__()
+        self.n_agents, self.embed_dim = n_agents, embed_dim
+        self.hyper_w1 = _hypernet(state_dim, n_agents * embed_dim, hypernet_layers, hypernet_embed)
+        self.hyper_w_final = _hypernet(state_dim, embed_dim, hypernet_layers, hypernet_embed)
+        self.hyper_b1 = nn.Linear(state_dim, embed_dim)
+        self.hyper_v = nn.Sequential(nn.Linear(state_dim, embed_dim), nn.ReLU(), nn.Linear(embed_dim, 1))
+
+    def forward(self, agent_qs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """``agent_qs [..., n]``, ``state [..., state_dim]`` -> ``q_tot [...]``."""
+        lead = agent_qs.shape[:-1]
+        qs = agent_qs.reshape(-1, 1, self.n_agents)  # [N, 1, n]
+        s = state.reshape(-1, state.shape[-1])  # [N, S]
+        w1 = self.hyper_w1(s).abs().view(-1, self.n_agents, self.embed_dim)  # [N, n, E], >= 0
+        b1 = self.hyper_b1(s).view(-1, 1, self.embed_dim)  # [N, 1, E]
+        hidden = F.elu(torch.bmm(qs, w1) + b1)  # [N, 1, E]
+        w_final = self.hyper_w_final(s).abs().view(-1, self.embed_dim, 1)  # [N, E, 1], >= 0
+        v = self.hyper_v(s).view(-1, 1, 1)  # [N, 1, 1], V(s)
+        return (torch.bmm(hidden, w_final) + v).view(lead)
+
+
+class VDNMixer(nn.Module):
+    """VDN (Sunehag et al. 2018): ``Q_tot = sum_a Q_a``."""
+
+    def forward(self, agent_qs: torch.Tensor, state: torch.Tensor | None = None) -> torch.Tensor:
+        return agent_qs.sum(-1)
+
+
+def build_mixer(cfg, n_agents: int, state_dim: int) -> nn.Module | None:
+    """The mixer named by ``cfg.mixer``; ``None`` for IQL (independent per-agent losses)."""
+    if cfg.mixer == "qmix":
+        return QMixer(n_agents, state_dim, cfg.mixing_embed_dim, cfg.hypernet_layers, cfg.hypernet_embed)
+    if cfg.mixer == "vdn":
+        return VDNMixer()
+    return None

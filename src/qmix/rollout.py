@@ -1,0 +1,165 @@
+"""Acting: step ``num_envs`` environments together, one forward for all envs and agents.
+
+Each env copy runs its own episode; when one ends it is handed to the replay buffer and that copy
+alone is reset (no copy waits for the others). Episodes are staged in preallocated tensors
+``[B, T+1, ...]`` written at each copy's own time index.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from qmix.controller import build_inputs, epsilon_greedy
+from qmix.envs.base import BatchedEnv
+
+
+@dataclass
+class FinishedEpisodes:
+    """Statistics of the episodes that ended during one ``collect`` call (host-side lists)."""
+
+    returns: list[float] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
+    info: dict[str, list[float]] = field(default_factory=dict)
+    copies: list[int] = field(default_factory=list)  # which env copy ran each episode
+
+    def extend(self, other: "FinishedEpisodes") -> None:
+        self.returns += other.returns
+        self.lengths += other.lengths
+        self.copies += other.copies
+        for k, v in other.info.items():
+            self.info.setdefault(k, []).extend(v)
+
+    def __len__(self) -> int:
+        return len(self.returns)
+
+
+class Runner:
+    """Drives one batched env with the online agent network."""
+
+    def __init__(self, cfg, env: BatchedEnv, agent, generator: torch.Generator):
+        self.cfg, self.env, self.agent, self.generator = cfg, env, agent, generator
+        info = env.info
+        self.n_agents, self.n_actions, self.limit = info.n_agents, info.n_actions, info.episode_limit
+        B, T1, n, dev = env.num_envs, info.episode_limit + 1, info.n_agents, env.device
+        self.B, self.device = B, dev
+        self.obs = torch.zeros(B, T1, n, info.obs_dim, device=dev)
+        self.state = torch.zeros(B, T1, info.state_dim, device=dev)
+        self.avail = torch.zeros(B, T1, n, info.n_actions, dtype=torch.bool, device=dev)
+        self.actions = torch.zeros(B, T1 - 1, n, dtype=torch.long, device=dev)
+        self.reward = torch.zeros(B, T1 - 1, device=dev)
+        self.terminated = torch.zeros(B, T1 - 1, dtype=torch.bool, device=dev)
+        self.t = torch.zeros(B, dtype=torch.long, device=dev)  # each copy's step within its episode
+        self.ep_return = torch.zeros(B, device=dev)
+        self.last_actions = torch.full((B, n), -1, dtype=torch.long, device=dev)
+        self.hidden = agent.initial_hidden(B, n, dev)
+        self._rows = torch.arange(B, device=dev)
+        self.started = False
+
+    def start(self) -> None:
+        obs, state, avail = self.env.reset()
+        self._write_obs(self._rows, obs, state, avail)
+        self.started = True
+
+    def _write_obs(self, rows, obs, state, avail) -> None:
+        t = self.t[rows]
+        self.obs[rows, t] = obs[rows]
+        self.state[rows, t] = state[rows]
+        self.avail[rows, t] = avail[rows]
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, avail: torch.Tensor, epsilon: float) -> torch.Tensor:
+        inputs = build_inputs(self.cfg, obs, self.last_actions, self.n_actions)  # [B, n, in]
+        q, self.hidden = self.agent.forward_step(inputs, self.hidden)
+        return epsilon_greedy(q, avail, epsilon, self.generator)
+
+    def collect(self, steps: int, epsilon: float, buffer=None) -> FinishedEpisodes:
+        """Step every copy ``steps`` times; finished episodes go to ``buffer`` (if given)."""
+        if not self.started:
+            self.start()
+        done = FinishedEpisodes()
+        rows = self._rows
+        for _ in range(steps):
+            t = self.t
+            obs, avail = self.obs[rows, t], self.avail[rows, t]
+            actions = self.act(obs, avail, epsilon)
+            res = self.env.step(actions)
+            self.actions[rows, t] = actions
+            self.reward[rows, t] = res.reward
+            self.terminated[rows, t] = res.terminated
+            self.ep_return += res.reward
+            self.last_actions = actions
+            self.t = t + 1
+            self._write_obs(rows, res.obs, res.state, res.avail)
+            ended = res.terminated | res.truncated
+            if ended.any():
+                done.extend(self._finish(ended, res.info, buffer))
+        return done
+
+    def _finish(self, ended: torch.Tensor, info: dict, buffer) -> FinishedEpisodes:
+        idx = ended.nonzero().squeeze(1)
+        length = self.t[idx]
+        if buffer is not None:
+            buffer.insert(self.obs[idx], self.state[idx], self.avail[idx], self.actions[idx],
+                          self.reward[idx], self.terminated[idx], length)
+        out = FinishedEpisodes(self.ep_return[idx].tolist(), length.tolist(),
+                               {k: v[idx].float().tolist() for k, v in info.items()}, idx.tolist())
+        # Reset the ended copies only; clear their staging rows so no stale step survives.
+        self.obs[idx] = 0
+        self.state[idx] = 0
+        self.avail[idx] = False
+        self.actions[idx] = 0
+        self.reward[idx] = 0
+        self.terminated[idx] = False
+        self.t[idx] = 0
+        self.ep_return[idx] = 0
+        self.last_actions[idx] = -1
+        self.hidden[idx] = 0
+        obs, state, avail = self.env.reset(ended)
+        self._write_obs(idx, obs, state, avail)
+        return out
+
+    def run_episodes(self, n_episodes: int, epsilon: float) -> FinishedEpisodes:
+        """Run exactly ``n_episodes`` fresh episodes (for tests and evaluation).
+
+        Copy i runs episodes i, i+B, i+2B, ... so the sample is not biased toward short episodes
+        (a copy whose quota is met keeps stepping, but its extra episodes are not counted).
+        """
+        self.reset_all()
+        quota = [len(range(i, n_episodes, self.B)) for i in range(self.B)]
+        count = [0] * self.B
+        done = FinishedEpisodes()
+        while len(done) < n_episodes:
+            new = self.collect(1, epsilon)
+            for j, c in enumerate(new.copies):
+                if count[c] < quota[c]:
+                    count[c] += 1
+                    done.returns.append(new.returns[j])
+                    done.lengths.append(new.lengths[j])
+                    done.copies.append(c)
+                    for k, v in new.info.items():
+                        done.info.setdefault(k, []).append(v[j])
+        return done
+
+    def reset_all(self) -> None:
+        self.t.zero_()
+        self.ep_return.zero_()
+        self.last_actions.fill_(-1)
+        self.hidden.zero_()
+        for buf in (self.obs, self.state, self.avail, self.actions, self.reward, self.terminated):
+            buf.zero_()
+        self.start()
+
+    # --- checkpointing of in-flight episodes ---
+    def state_dict(self) -> dict:
+        return {k: getattr(self, k).cpu().clone() for k in
+                ("obs", "state", "avail", "actions", "reward", "terminated", "t", "ep_return",
+                 "last_actions", "hidden")} | {"started": self.started}
+
+    def load_state_dict(self, data: dict) -> None:
+        for k, v in data.items():
+            if k == "started":
+                self.started = v
+            else:
+                getattr(self, k).copy_(v.to(self.device))

@@ -1,0 +1,475 @@
+"""The training loop: collect -> store -> learn -> test -> log -> checkpoint.
+
+Every iteration steps all ``num_envs`` copies once. Finished episodes go to the replay buffer;
+one learner update runs per ``episodes_per_update`` finished episodes once the buffer holds a
+batch; the target networks are copied every ``target_update_interval`` episodes (pymarl's rule).
+A checkpoint holds the complete state (networks, targets, optimiser, buffer, in-flight episodes,
+environment state, RNG states, counters), so a resumed run continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from qmix import checkpoint as ckpt
+from qmix.buffer import EpisodeBuffer
+from qmix.config import Config, from_dict, resolve, to_yaml
+from qmix.controller import EpsilonSchedule, agent_input_dim
+from qmix.envs import make
+from qmix.errors import QmixError
+from qmix.learner import Learner
+from qmix.modules import build_agent, build_mixer
+from qmix.rollout import FinishedEpisodes, Runner
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise QmixError(f"device {name} was requested but CUDA is not available; use --device cpu.")
+    return torch.device(name)
+
+
+def _available_memory(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+@dataclass
+class Counters:
+    t_env: int = 0  # environment steps (summed over copies)
+    episode: int = 0  # finished training episodes
+    updates: int = 0
+    episodes_since_update: int = 0
+    last_target_update_episode: int = 0
+    last_test_t: int = -(10**18)  # test at the start, as pymarl does
+    last_log_t: int = 0
+    last_checkpoint_t: int = 0
+    metrics_lines: int = 0  # lines in metrics.jsonl (restored on resume)
+    time_s: float = 0.0  # training wall time, summed over sessions
+
+
+@dataclass
+class Accumulator:
+    """Training statistics since the last log line (host-side)."""
+
+    episodes: FinishedEpisodes = field(default_factory=FinishedEpisodes)
+    learner: dict = field(default_factory=dict)  # name -> list of 0-d tensors
+
+    def add_learner(self, stats: dict) -> None:
+        for k, v in stats.items():
+            self.learner.setdefault(k, []).append(v)
+
+
+def episode_metrics(prefix: str, eps: FinishedEpisodes) -> dict:
+    out = {}
+    if not len(eps):
+        return out
+    returns = np.asarray(eps.returns, dtype=np.float64)
+    out[f"{prefix}/return_mean"] = float(returns.mean())
+    out[f"{prefix}/return_std"] = float(returns.std())
+    out[f"{prefix}/ep_length_mean"] = float(np.mean(eps.lengths))
+    out[f"{prefix}/episodes"] = len(eps)
+    for k, v in eps.info.items():
+        name = "win_rate" if k == "battle_won" else f"{k}_mean"
+        out[f"{prefix}/{name}"] = float(np.mean(v))
+    return out
+
+
+class Trainer:
+    def __init__(self, cfg: Config, run_dir: Path, resume_state: dict | None = None):
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        if cfg.torch_threads > 0:
+            torch.set_num_threads(cfg.torch_threads)
+        self.device = resolve_device(cfg.device)
+        buffer_device = self.device if cfg.buffer_device == "auto" else resolve_device(cfg.buffer_device)
+        torch.manual_seed(cfg.seed)
+        self.env = make(cfg.env, num_envs=cfg.num_envs, seed=cfg.seed, device=self.device, **cfg.env_args)
+        test_envs = cfg.test_num_envs or max(1, min(cfg.test_episodes, 32))
+        # The test env gets its own seed stream so testing never changes the training data.
+        self.test_env = make(cfg.env, num_envs=test_envs, seed=cfg.seed + 1_000_003, device=self.device,
+                             **cfg.env_args)
+        info = self.env.info
+        self.info = info
+        in_dim = agent_input_dim(cfg, info.obs_dim, info.n_agents, info.n_actions)
+        agent = build_agent(cfg, in_dim, info.n_agents, info.n_actions).to(self.device)
+        mixer = build_mixer(cfg, info.n_agents, info.state_dim)
+        mixer = mixer.to(self.device) if mixer is not None else None
+        self.learner = Learner(cfg, agent, mixer, info.n_actions)
+
+        need = EpisodeBuffer.nbytes(cfg.buffer_size, info.episode_limit, info.n_agents, info.obs_dim,
+                                    info.state_dim, info.n_actions, cfg.buffer_obs_dtype)
+        have = _available_memory(buffer_device)
+        if have is not None and need > 0.9 * have:
+            raise QmixError(
+                f"the replay buffer needs {need / 2**30:.2f} GiB but only {have / 2**30:.2f} GiB is free on "
+                f"{buffer_device}; lower buffer_size or set buffer_obs_dtype=float16."
+            )
+        self.buffer_bytes = need
+        self.buffer = EpisodeBuffer(cfg.buffer_size, info.episode_limit, info.n_agents, info.obs_dim,
+                                    info.state_dim, info.n_actions, buffer_device, cfg.buffer_obs_dtype)
+        # Separate generators: acting (on the env's device) and replay sampling (CPU).
+        self.act_gen = torch.Generator(device=self.env.device).manual_seed(cfg.seed)
+        self.test_gen = torch.Generator(device=self.env.device).manual_seed(cfg.seed + 1)
+        self.sample_gen = torch.Generator().manual_seed(cfg.seed + 2)
+        self.runner = Runner(cfg, self.env, agent, self.act_gen)
+        self.test_runner = Runner(cfg, self.test_env, agent, self.test_gen)
+        self.epsilon = EpsilonSchedule(cfg.epsilon_start, cfg.epsilon_finish, cfg.epsilon_anneal_steps)
+        self.counters = Counters()
+        self.acc = Accumulator()
+        self.last_test: dict = {}
+        self.best_test: dict = {}
+        self.env_state_warning = ""
+        if resume_state is not None:
+            self._restore(resume_state)
+        self.stop_signal: int | None = None
+
+    # ----------------------------------------------------------------- state
+    def _state(self) -> dict:
+        env_state = None
+        try:
+            env_state = self.env.get_state()
+            pickle.dumps(env_state)
+        except (NotImplementedError, TypeError, pickle.PicklingError, AttributeError):
+            env_state = None
+            self.env_state_warning = "environment state could not be saved; resume starts fresh episodes"
+        c = self.counters
+        return {
+            "config": self.cfg.to_dict(),
+            "env_info": self.info.as_dict(),
+            "counters": vars(c).copy(),
+            "learner": self.learner.state_dict(),
+            "runner": self.runner.state_dict() if env_state is not None else None,
+            "env_state": env_state,
+            "buffer": self.buffer.state_dict() if self.cfg.checkpoint_buffer else None,
+            "rng": {
+                "act": self.act_gen.get_state(),
+                "test": self.test_gen.get_state(),
+                "sample": self.sample_gen.get_state(),
+                "torch": torch.get_rng_state(),
+            },
+            "accumulator": {"episodes": self.acc.episodes, "learner": {k: [float(x) for x in v]
+                                                                       for k, v in self.acc.learner.items()}},
+            "last_test": self.last_test,
+            "best_test": self.best_test,
+        }
+
+    def _restore(self, state: dict) -> None:
+        saved = state["env_info"]
+        if saved != self.info.as_dict():
+            raise QmixError(f"the checkpoint was made for env sizes {saved}, but {self.cfg.env} has "
+                            f"{self.info.as_dict()}.")
+        self.learner.load_state_dict(state["learner"])
+        self.counters = Counters(**state["counters"])
+        if state["buffer"] is not None:
+            self.buffer.load_state_dict(state["buffer"])
+        self.act_gen.set_state(state["rng"]["act"])
+        self.test_gen.set_state(state["rng"]["test"])
+        self.sample_gen.set_state(state["rng"]["sample"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if state["env_state"] is not None:
+            self.env.set_state(state["env_state"])
+            self.runner.load_state_dict(state["runner"])
+        acc = state["accumulator"]
+        self.acc = Accumulator(acc["episodes"], {k: [torch.tensor(x) for x in v] for k, v in acc["learner"].items()})
+        self.last_test, self.best_test = state["last_test"], state["best_test"]
+
+    def save_checkpoint(self) -> Path:
+        c = self.counters
+        c.last_checkpoint_t = c.t_env
+        return ckpt.save(self.run_dir, c.t_env, self._state(), keep=self.cfg.checkpoint_keep)
+
+    # ----------------------------------------------------------------- steps
+    def test(self) -> dict:
+        eps = self.test_runner.run_episodes(self.cfg.test_episodes, epsilon=0.0)
+        return episode_metrics("test", eps)
+
+    def train_step(self) -> None:
+        """One iteration: every copy steps once; learn as many times as finished episodes allow."""
+        cfg, c = self.cfg, self.counters
+        finished = self.runner.collect(1, self.epsilon(c.t_env), self.buffer)
+        c.t_env += self.env.num_envs
+        if len(finished):
+            c.episode += len(finished)
+            c.episodes_since_update += len(finished)
+            self.acc.episodes.extend(finished)
+        while c.episodes_since_update >= cfg.episodes_per_update:
+            c.episodes_since_update -= cfg.episodes_per_update
+            if not self.buffer.can_sample(cfg.batch_size):
+                continue
+            batch = self.buffer.sample(cfg.batch_size, self.sample_gen).to(self.device)
+            self.acc.add_learner(self.learner.update(batch))
+            c.updates += 1
+        if cfg.target_update_tau == 0 and c.episode - c.last_target_update_episode >= cfg.target_update_interval:
+            self.learner.hard_update_targets()
+            c.last_target_update_episode = c.episode
+
+    def train_metrics(self) -> dict:
+        out = episode_metrics("train", self.acc.episodes)
+        for k, v in self.acc.learner.items():
+            out[k] = float(torch.stack([torch.as_tensor(x) for x in v]).float().mean())
+        out["epsilon"] = self.epsilon(self.counters.t_env)
+        out["updates"] = self.counters.updates
+        self.acc = Accumulator()
+        return out
+
+
+class RunLogger:
+    """metrics.jsonl (one JSON object per event) and TensorBoard, with the same scalars."""
+
+    def __init__(self, run_dir: Path, use_tensorboard: bool, keep_lines: int | None, purge_step: int | None):
+        self.path = run_dir / "metrics.jsonl"
+        if keep_lines is not None and self.path.exists():
+            lines = self.path.read_text().splitlines(keepends=True)[:keep_lines]
+            tmp = self.path.with_name(".metrics.jsonl.tmp")
+            tmp.write_text("".join(lines))
+            os.replace(tmp, self.path)
+        self.file = open(self.path, "a")
+        self.lines = keep_lines or 0
+        self.tb = None
+        if use_tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run_dir), purge_step=purge_step)
+            except ImportError:
+                self.tb = None
+
+    def log(self, record: dict) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        self.lines += 1
+        if self.tb is not None:
+            for k, v in record.items():
+                if k not in ("t_env", "episode") and isinstance(v, (int, float)) and math.isfinite(v):
+                    self.tb.add_scalar(k, v, record["t_env"])
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def default_run_dir(cfg: Config) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = cfg.env.replace(":", "_").replace("/", "_")
+    return Path("runs") / f"{name}_{cfg.alg}_seed{cfg.seed}_{stamp}"
+
+
+class _Progress:
+    """Live progress: a rich bar on a terminal, a plain line per log event otherwise."""
+
+    def __init__(self, enabled: bool, total: int, start: int):
+        self.enabled = enabled
+        self.live = None
+        self.total = total
+        if enabled and sys.stdout.isatty():
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.live = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                                 TextColumn("{task.completed:,}/{task.total:,} steps"),
+                                 TextColumn("{task.fields[status]}"), TimeRemainingColumn(), transient=False)
+            self.task = self.live.add_task("train", total=total, completed=start, status="")
+            self.live.start()
+
+    def update(self, t_env: int, status: str) -> None:
+        if self.live is not None:
+            self.live.update(self.task, completed=min(t_env, self.total), status=status)
+
+    def line(self, text: str) -> None:
+        if not self.enabled:
+            return
+        if self.live is not None:
+            self.live.console.print(text)
+        else:
+            print(text, flush=True)
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+
+
+def _status(tr: Trainer, sps: float) -> str:
+    c = tr.counters
+    parts = [f"{sps:,.0f} steps/s", f"ep {c.episode:,}", f"eps {tr.epsilon(c.t_env):.2f}"]
+    if tr.last_test:
+        parts.append(f"test return {tr.last_test.get('test/return_mean', float('nan')):.2f}")
+        if "test/win_rate" in tr.last_test:
+            parts.append(f"win {tr.last_test['test/win_rate']:.0%}")
+    return " | ".join(parts)
+
+
+def run_training(cfg: Config, run_dir: Path, resume_state: dict | None = None) -> dict:
+    """Train until ``cfg.t_max`` (or a signal), writing everything into ``run_dir``."""
+    trainer = Trainer(cfg, run_dir, resume_state)
+    c = trainer.counters
+    resumed = resume_state is not None
+    # A fresh start keeps no metrics lines (a resumed run directory that never reached its first
+    # checkpoint starts over); a resumed one keeps exactly those written before its checkpoint.
+    logger = RunLogger(run_dir, cfg.use_tensorboard, c.metrics_lines if resumed else 0,
+                       purge_step=c.t_env + 1 if resumed else None)
+    progress = _Progress(cfg.progress, cfg.t_max, c.t_env)
+    if not resumed:
+        progress.line(f"qmix: training {cfg.alg} on {cfg.env} (seed {cfg.seed}) -> {run_dir}  "
+                      f"[{trainer.info.n_agents} agents, {trainer.info.n_actions} actions, "
+                      f"buffer {trainer.buffer_bytes / 2**20:.0f} MiB on {trainer.buffer.device}]")
+    else:
+        progress.line(f"qmix: resuming {run_dir} at step {c.t_env:,}")
+
+    previous = {}
+
+    def on_signal(signum, frame):
+        trainer.stop_signal = signum
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.signal(sig, on_signal)
+
+    start_wall = time.perf_counter()
+    base_time = c.time_s
+    last_t, last_wall = c.t_env, start_wall
+    sps = 0.0
+
+    def record(extra: dict) -> dict:
+        return {"t_env": c.t_env, "episode": c.episode, "time_s": round(base_time + time.perf_counter() - start_wall, 3),
+                **extra}
+
+    try:
+        while True:
+            if c.t_env - c.last_test_t >= cfg.test_interval or c.t_env >= cfg.t_max:
+                if cfg.test_episodes > 0 and c.last_test_t != c.t_env:
+                    c.last_test_t = c.t_env
+                    trainer.last_test = trainer.test()
+                    for k in ("test/return_mean", "test/win_rate"):
+                        if k in trainer.last_test and trainer.last_test[k] >= trainer.best_test.get(k, -math.inf):
+                            trainer.best_test[k] = trainer.last_test[k]
+                    logger.log(record(trainer.last_test))
+                    progress.line(f"  t_env {c.t_env:>10,}  " + _status(trainer, sps))
+            if c.t_env >= cfg.t_max:
+                break
+            if trainer.stop_signal is not None:
+                break
+            trainer.train_step()
+            if c.t_env - c.last_log_t >= cfg.log_interval:
+                c.last_log_t = c.t_env
+                now = time.perf_counter()
+                sps = (c.t_env - last_t) / max(now - last_wall, 1e-9)
+                last_t, last_wall = c.t_env, now
+                logger.log(record(trainer.train_metrics()))
+                progress.update(c.t_env, _status(trainer, sps))
+            if cfg.checkpoint_interval > 0 and c.t_env - c.last_checkpoint_t >= cfg.checkpoint_interval:
+                c.metrics_lines = logger.lines
+                c.time_s = base_time + time.perf_counter() - start_wall
+                trainer.save_checkpoint()
+        c.metrics_lines = logger.lines
+        c.time_s = base_time + time.perf_counter() - start_wall
+        trainer.save_checkpoint()
+    finally:
+        progress.close()
+        logger.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        trainer.env.close()
+        trainer.test_env.close()
+
+    wall = c.time_s
+    summary = {
+        "env": cfg.env,
+        "alg": cfg.alg,
+        "seed": cfg.seed,
+        "t_env": c.t_env,
+        "episodes": c.episode,
+        "updates": c.updates,
+        "wall_time_s": round(wall, 2),
+        "steps_per_s": round(c.t_env / wall, 1) if wall > 0 else None,
+        "final_test": trainer.last_test,
+        "best_test": trainer.best_test,
+        "finished": trainer.stop_signal is None,
+    }
+    if trainer.env_state_warning:
+        summary["note"] = trainer.env_state_warning
+    if trainer.stop_signal is None:
+        tmp = run_dir / ".summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        os.replace(tmp, run_dir / "summary.json")
+        progress.line(f"qmix: done in {wall:,.0f} s; summary in {run_dir / 'summary.json'}")
+    else:
+        name = signal.Signals(trainer.stop_signal).name
+        progress.line(f"qmix: stopped by {name} at step {c.t_env:,}; checkpoint saved. "
+                      f"Continue with: qmix train --resume {run_dir}")
+    summary["signal"] = trainer.stop_signal
+    return summary
+
+
+def prepare_new_run(cfg: Config, out: str | os.PathLike | None) -> Path:
+    run_dir = Path(out) if out else default_run_dir(cfg)
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        raise QmixError(f"{run_dir} already exists and is not empty; choose another --out, "
+                        f"or continue it with `qmix train --resume {run_dir}`.")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / ".config.yaml.tmp"
+    tmp.write_text(to_yaml(cfg))
+    os.replace(tmp, run_dir / "config.yaml")
+    return run_dir
+
+
+def load_run_config(run_dir: Path) -> Config:
+    import yaml
+
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise QmixError(f"{run_dir} is not a qmix run directory (no config.yaml).")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        raise QmixError(f"{path} is not valid YAML; the run cannot be resumed.") from None
+    if not isinstance(data, dict):
+        raise QmixError(f"{path} does not hold a config mapping.")
+    return from_dict(data)
+
+
+def train(alg: str = "qmix", env: str = "micro:3m", seed: int = 1, out: str | None = None,
+          resume: str | None = None, **overrides) -> dict:
+    """Train (or resume) a run; returns the summary (also written to ``summary.json``).
+
+    ``overrides`` are config keys (see :class:`qmix.config.Config`), e.g. ``t_max=200_000``.
+    """
+    if resume is not None:
+        run_dir = Path(resume)
+        saved = load_run_config(run_dir)
+        allowed = {"t_max", "progress", "use_tensorboard", "torch_threads", "device", "buffer_device",
+                   "checkpoint_interval", "checkpoint_keep", "test_interval", "log_interval"}
+        bad = sorted(set(overrides) - allowed)
+        if bad:
+            raise QmixError(f"{', '.join(bad)} cannot be changed when resuming (it would change the run); "
+                            f"allowed: {', '.join(sorted(allowed))}.")
+        cfg = resolve(overrides, base=saved.to_dict())
+        state = ckpt.load(run_dir) if ckpt.has_checkpoint(run_dir) else None
+        if cfg.t_max != saved.t_max:  # a longer run: record the new budget
+            tmp = run_dir / ".config.yaml.tmp"
+            tmp.write_text(to_yaml(cfg))
+            os.replace(tmp, run_dir / "config.yaml")
+        return run_training(cfg, run_dir, state)
+    cfg = resolve({"alg": alg, "env": env, "seed": seed, **overrides})
+    run_dir = prepare_new_run(cfg, out)
+    return run_training(cfg, run_dir)
