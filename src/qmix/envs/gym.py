@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import importlib
 from typing import Any, Callable
 
 import numpy as np
@@ -69,11 +70,20 @@ def _flatten_fn(space) -> tuple[Callable[[Any], np.ndarray], int]:
     """A fast flattener for one agent's observation space and its flat size."""
     from gymnasium import spaces
 
+    # Module-level functions (through partial) so the env state can be pickled into checkpoints.
     if isinstance(space, spaces.Box):
-        size = int(np.prod(space.shape))
-        return (lambda x: np.asarray(x, dtype=np.float32).reshape(-1)), size
-    size = int(spaces.flatdim(space))
-    return (lambda x: np.asarray(spaces.flatten(space, x), dtype=np.float32).reshape(-1)), size
+        return _flatten_box, int(np.prod(space.shape))
+    return functools.partial(_flatten_space, space), int(spaces.flatdim(space))
+
+
+def _flatten_box(x) -> np.ndarray:
+    return np.asarray(x, dtype=np.float32).reshape(-1)
+
+
+def _flatten_space(space, x) -> np.ndarray:
+    from gymnasium import spaces
+
+    return np.asarray(spaces.flatten(space, x), dtype=np.float32).reshape(-1)
 
 
 def _action_counts(env_id: str, action_space, n_agents: int) -> list[int]:
@@ -251,8 +261,18 @@ class GymCopy(SingleEnv):
 
 
 def resolve_spec(family: str, name: str, prefix: str = ""):
-    """The registered ``EnvSpec`` of ``name`` with a clear error (and close matches) if unknown."""
+    """The registered ``EnvSpec`` of ``name`` with a clear error (and close matches) if unknown.
+
+    ``name`` may be ``module:EnvId``: the module is imported first (it registers the id), as
+    ``gymnasium.make`` does.
+    """
     gymnasium = import_gymnasium()
+    if ":" in name:
+        module, name = name.split(":", 1)
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise QmixError(f"could not import module {module!r} for {family}:{module}:{name}: {exc}.") from None
     try:
         return gymnasium.spec(name)
     except Exception:
@@ -306,6 +326,7 @@ def build_vector(env_id: str, spec, num_envs, seed, device, args: dict, avail_fn
 
 
 def make_gym(name: str, num_envs: int, seed: int, device, **env_args):
+    """``gym:<id>`` or ``gym:<module>:<id>`` (the module is imported first to register ``id``)."""
     env_id = f"gym:{name}"
     args = check_env_args(env_id, env_args, GYM_ENV_ARGS)
     spec = resolve_spec("gym", name)

@@ -73,6 +73,8 @@ def _module(name: str):
 class MPECopy(SingleEnv):
     """One PettingZoo parallel MPE environment."""
 
+    copyable = False  # PettingZoo's wrappers do not survive a deep copy
+
     def __init__(self, name: str, seed: int, time_limit: int, how: str, env_kwargs: dict):
         module = _module(name)
         self.env_id = f"mpe:{name}"

@@ -62,17 +62,18 @@ def split_env_id(env_id: str) -> tuple[str, str]:
             f"known families: {', '.join(FAMILIES)}."
         )
     family, name = env_id.split(":", 1)
-    if family not in FAMILIES:
-        close = difflib.get_close_matches(family, FAMILIES, n=2)
+    if family not in FAMILIES and family not in _FACTORIES:  # built in, or registered by the user
+        known = list(FAMILIES) + [f for f in _FACTORIES if f not in FAMILIES]
+        close = difflib.get_close_matches(family, known, n=2)
         hint = f" (did you mean {' or '.join(close)}?)" if close else ""
-        raise QmixError(f"unknown env family {family!r}{hint}; known families: {', '.join(FAMILIES)}.")
+        raise QmixError(f"unknown env family {family!r}{hint}; known families: {', '.join(known)}.")
     if not name:
         raise QmixError(f"env id {env_id!r} has no name after the colon (e.g. {family}:...).")
     return family, name
 
 
 def _load(family: str) -> None:
-    if family not in _FACTORIES:
+    if family not in _FACTORIES and family in FAMILIES:
         importlib.import_module(FAMILIES[family].module)
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import difflib
 import functools
 import importlib
+import importlib.util
 import os
 import re
 import sys
@@ -142,6 +143,8 @@ def smacv2_config(name: str) -> tuple[str, dict]:
 class SMACCopy(SingleEnv):
     """One StarCraft II instance (launched by SMAC on the first reset)."""
 
+    copyable = False  # a running game cannot be deep-copied into a checkpoint
+
     def __init__(self, family: str, name: str, seed: int, env_kwargs: dict):
         self.env_id = f"{family}:{name}"
         kwargs = dict(env_kwargs)
@@ -219,5 +222,13 @@ def _factory(family: str):
     return make
 
 
-register("smac", _factory("smac"), lambda: list(SMAC_MAPS))
-register("smacv2", _factory("smacv2"), lambda: list(SMACV2_SCENARIOS))
+def _lister(family: str, names: list[str]):
+    def list_names() -> list[str]:
+        check_starcraft(family)  # one clear note for the family when it cannot run here
+        return list(names)
+
+    return list_names
+
+
+register("smac", _factory("smac"), _lister("smac", SMAC_MAPS))
+register("smacv2", _factory("smacv2"), _lister("smacv2", SMACV2_SCENARIOS))

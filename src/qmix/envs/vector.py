@@ -19,6 +19,7 @@ the same way for every family:
 
 from __future__ import annotations
 
+import copy
 import multiprocessing as mp
 import os
 import pickle
@@ -200,13 +201,14 @@ class _Worker:
             f"(exit code {code}) without reporting an error."
         )
 
-    def close(self) -> None:
+    def close(self, force: bool = False) -> None:
         if self.process.is_alive():
-            try:
-                self.conn.send(("close", None))
-            except Exception:
-                pass
-            self.process.join(timeout=2.0)
+            if not force:
+                try:
+                    self.conn.send(("close", None))
+                except Exception:
+                    pass
+                self.process.join(timeout=2.0)
             if self.process.is_alive():
                 self.process.terminate()
                 self.process.join(timeout=2.0)
@@ -281,7 +283,7 @@ class VectorEnv(BatchedEnv):
                 for worker in self._workers:
                     worker.recv(self.timeout)
             except BaseException:
-                self.close()
+                self._shutdown(force=True)
                 raise
         # copy index -> (worker, position in that worker)
         self._where = [(w, k) for w, wk in enumerate(self._workers) for k in range(len(wk.indices))]
@@ -308,7 +310,7 @@ class VectorEnv(BatchedEnv):
             for w, idx in jobs.items():
                 out.update(zip(idx, self._workers[w].recv(self.timeout)))
         except BaseException:
-            self.close()
+            self._shutdown(force=True)  # a worker failed: stop them all now, without waiting
             raise
         return out
 
@@ -373,7 +375,20 @@ class VectorEnv(BatchedEnv):
             {k: torch.from_numpy(v).to(dev) for k, v in infos.items()},
         )
 
+    def get_state(self):
+        """Deep copy of every copy (for checkpoints mid-episode); impossible with worker processes
+        or simulators that cannot be copied (StarCraft II), which then start fresh episodes."""
+        if self._workers or not all(getattr(e, "copyable", True) for e in self._envs):
+            raise NotImplementedError(f"{self.env_id} runs in worker processes or external simulators")
+        try:
+            return copy.deepcopy(self.__dict__)
+        except Exception as exc:
+            raise NotImplementedError(f"{self.env_id} cannot be copied: {exc}") from exc
+
     def close(self) -> None:
+        self._shutdown(force=False)
+
+    def _shutdown(self, force: bool) -> None:
         if self._closed:
             return
         self._closed = True
@@ -383,7 +398,7 @@ class VectorEnv(BatchedEnv):
             except Exception:
                 pass
         for worker in self._workers:
-            worker.close()
+            worker.close(force=force)
 
     def __del__(self):
         try:

@@ -16,12 +16,14 @@ wrapped per copy, and the tensors stay on the device.
 - reset with a mask resets the masked copies one by one with VMAS's ``reset_at(index)`` (all of
   them at once with ``reset()`` when every copy is masked).
 - seeding: VMAS seeds the whole batch with ``seed`` (not ``seed + i`` per copy); the same seed
-  gives the same trajectories. VMAS keeps its own random state, separate from torch's global one.
+  gives the same trajectories. Each environment keeps its own random state (VMAS's is shared by
+  all its environments and kept apart from torch's global one).
 - ``env_kwargs`` are passed to the scenario (e.g. ``{n_agents: 4}``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 from typing import Any
 
@@ -73,6 +75,9 @@ class VMASEnv(BatchedEnv):
             )
         except TypeError as exc:
             raise QmixError(f"bad env_args.env_kwargs for {self.env_id}: {exc}.") from None
+        # VMAS keeps one random state for all its environments (a class attribute); each of ours
+        # gets its own, so that two environments in one process do not disturb each other.
+        self._rng_state = list(self.env.vmas_random_state)
         counts = []
         for sp in self.env.action_space.spaces:
             if type(sp).__name__ != "Discrete":  # gym or gymnasium Discrete, depending on vmas
@@ -93,6 +98,17 @@ class VMASEnv(BatchedEnv):
         self._state = torch.zeros(B, sum(sizes), device=self.device)
         self._ended = torch.zeros(B, dtype=torch.bool, device=self.device)
 
+    @contextlib.contextmanager
+    def _own_rng(self):
+        shared = self.env.vmas_random_state
+        saved = list(shared)
+        shared[:] = self._rng_state
+        try:
+            yield
+        finally:
+            self._rng_state = list(shared)
+            shared[:] = saved
+
     def _observe(self, obs_list) -> tuple[torch.Tensor, torch.Tensor]:
         flat = [_flat(o) for o in obs_list]
         state = torch.cat(flat, dim=-1)
@@ -105,14 +121,16 @@ class VMASEnv(BatchedEnv):
 
     def reset(self, mask: torch.Tensor | None = None):
         if mask is None or bool(mask.all()):
-            obs_list = self.env.reset()
+            with self._own_rng():
+                obs_list = self.env.reset()
             self._obs, self._state = self._observe(obs_list)
             self._ended.zero_()
         else:
             mask = mask.to(self.device)
-            for i in torch.nonzero(mask).flatten().tolist():
-                self.env.reset_at(i, return_observations=False)
-            obs_list = self.env.get_from_scenario(True, False, False, False)[0]
+            with self._own_rng():
+                for i in torch.nonzero(mask).flatten().tolist():
+                    self.env.reset_at(i, return_observations=False)
+                obs_list = self.env.get_from_scenario(True, False, False, False)[0]
             obs, state = self._observe(obs_list)
             m = mask.view(-1, 1)
             self._obs = torch.where(m.unsqueeze(-1), obs, self._obs)
@@ -123,7 +141,8 @@ class VMASEnv(BatchedEnv):
     def step(self, actions: torch.Tensor) -> StepResult:
         actions = actions.to(self.device)
         acts = [actions[:, i].clone() for i in range(self.info.n_agents)]
-        obs_list, rewards, terminated, truncated, _ = self.env.step(acts)
+        with self._own_rng():
+            obs_list, rewards, terminated, truncated, _ = self.env.step(acts)
         obs, state = self._observe(obs_list)
         r = torch.stack([x.float() for x in rewards], dim=-1)
         reward = r.sum(-1) if self.how == "sum" else r.mean(-1)

@@ -1,0 +1,111 @@
+"""Every user error: one line on stderr, exit code 2, no traceback, nothing destroyed."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from qmix.cli import main
+
+FAST = ["--env", "matrix:two-step", "t_max=200", "test_interval=100", "use_tensorboard=false", "--quiet"]
+
+
+def run(capsys, argv):
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+CASES = [
+    (["train", "lrr=0.1"], "did you mean lr"),
+    (["train", "lr=abc"], "lr must be a number"),
+    (["train", "gamma=1.5"], "gamma must be in (0, 1.0]"),
+    (["train", "batch_size=0"], "batch_size must be >= 1"),
+    (["train", "double_q=maybe"], "double_q must be true or false"),
+    (["train", "mixer=qplex"], "mixer must be one of"),
+    (["train", "--env", "foo:bar"], "unknown env family 'foo'"),
+    (["train", "--env", "micr:3m"], "did you mean micro"),
+    (["train", "--env", "nocolon"], "is not of the form family:name"),
+    (["train", "--env", "matrix:four-step"], "unknown matrix game"),
+    (["train", "--env", "matrix:two-step", "env_args.k=1"], "unknown env_args key 'k'"),
+    (["train", "--alg", "qmixx"], "did you mean qmix"),
+    (["train", "epsilon_start=0.1", "epsilon_finish=0.5"], "must not exceed epsilon_start"),
+    (["train", "batch_size=64", "buffer_size=32"], "must not exceed buffer_size"),
+    (["train", "noequals"], "is not of the form key=value"),
+    (["train", "--device", "tpu"], "device must be auto, cpu, cuda"),
+    (["train", "--config", "/nonexistent.yaml"], "does not exist"),
+    (["train", "--bogus-flag"], "unrecognized arguments"),
+    (["evaluate", "/nonexistent/run"], "does not exist"),
+    (["train", "--resume", "/nonexistent/run"], "no config.yaml"),
+]
+
+
+@pytest.mark.parametrize("argv,message", CASES, ids=[" ".join(c[0]) for c in CASES])
+def test_user_error_is_one_line_exit_2(capsys, argv, message):
+    code, out, err = run(capsys, argv)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("qmix: error: ")
+    assert message in lines[0]
+    assert "Traceback" not in err
+
+
+def test_existing_run_dir_is_never_overwritten(capsys, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "precious.txt").write_text("keep me")
+    code, _, err = run(capsys, ["train", *FAST, "--out", str(run_dir)])
+    assert code == 2 and "already exists" in err
+    assert (run_dir / "precious.txt").read_text() == "keep me"
+    assert sorted(p.name for p in run_dir.iterdir()) == ["precious.txt"]
+
+
+def test_corrupt_checkpoint_gives_one_line(capsys, tmp_path):
+    run_dir = tmp_path / "run"
+    assert main(["train", *FAST, "--out", str(run_dir)]) == 0
+    capsys.readouterr()
+    latest = (run_dir / "checkpoints" / "latest").read_text().strip()
+    state = run_dir / "checkpoints" / latest / "state.pt"
+    good = state.read_bytes()
+    for bad in (b"not a checkpoint", good[: len(good) // 2], b""):
+        state.write_bytes(bad)
+        for argv in (["evaluate", str(run_dir)], ["train", "--resume", str(run_dir)]):
+            code, _, err = run(capsys, argv)
+            assert code == 2, err
+            assert len(err.strip().splitlines()) == 1 and "corrupt" in err, err
+    # the rest of the run directory is untouched
+    assert (run_dir / "config.yaml").exists() and (run_dir / "metrics.jsonl").exists()
+
+
+def test_not_a_checkpoint(capsys, tmp_path):
+    f = tmp_path / "x.pt"
+    import torch
+
+    torch.save({"hello": 1}, f)
+    code, _, err = run(capsys, ["evaluate", str(f)])
+    assert code == 2 and "not a qmix checkpoint" in err
+
+
+def test_resume_cannot_change_the_run(capsys, tmp_path):
+    run_dir = tmp_path / "run"
+    assert main(["train", *FAST, "--out", str(run_dir)]) == 0
+    capsys.readouterr()
+    code, _, err = run(capsys, ["train", "--resume", str(run_dir), "lr=0.1"])
+    assert code == 2 and "cannot be changed when resuming" in err
+    code, _, err = run(capsys, ["train", "--resume", str(run_dir), "--env", "matrix:climbing"])
+    assert code == 2 and "--env cannot be given with --resume" in err
+
+
+def test_evaluate_json_contract(capsys, tmp_path):
+    run_dir = tmp_path / "run"
+    assert main(["train", *FAST, "--out", str(run_dir)]) == 0
+    capsys.readouterr()
+    code, out, _ = run(capsys, ["evaluate", str(run_dir), "--episodes", "5", "--json"])
+    assert code == 0
+    result = json.loads(out)
+    assert set(result) == {"episodes", "return_mean", "return_std", "win_rate", "ep_length_mean"}
+    assert result["episodes"] == 5 and result["ep_length_mean"] == 2.0
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints/latest"):
+        assert (run_dir / name).exists(), name
+    assert list(run_dir.glob("events.*")) == []  # tensorboard was switched off

@@ -1,0 +1,132 @@
+"""The learner's TD targets and loss, checked against hand-computed values on tiny batches."""
+
+import pytest
+import torch
+from torch import nn
+
+from qmix.buffer import EpisodeBatch
+from qmix.config import resolve
+from qmix.learner import Learner, td_targets
+
+
+class FixedAgent(nn.Module):
+    """Returns preset utilities ``[B, T+1, n, A]`` (plus a zero-valued parameter for the optimiser)."""
+
+    def __init__(self, q):
+        super().__init__()
+        self.q = q
+        self.w = nn.Parameter(torch.zeros(()))
+
+    def forward_seq(self, inputs):
+        return self.q + self.w
+
+
+def make_learner(online_q, target_q, **overrides):
+    cfg = resolve({"alg": "vdn", "env": "matrix:two-step", "gamma": 0.5, **overrides})
+    learner = Learner(cfg, FixedAgent(online_q), None if cfg.mixer == "none" else __import__(
+        "qmix.modules.mixers", fromlist=["VDNMixer"]).VDNMixer(), n_actions=online_q.shape[-1])
+    learner.target_agent = FixedAgent(target_q)
+    return learner
+
+
+def batch_of(T, n, A, actions, reward, terminated, filled, avail=None):
+    B = len(actions)
+    return EpisodeBatch(
+        obs=torch.zeros(B, T + 1, n, 1), state=torch.zeros(B, T + 1, 1),
+        avail=torch.ones(B, T + 1, n, A, dtype=torch.bool) if avail is None else avail,
+        actions=torch.tensor(actions), reward=torch.tensor(reward),
+        terminated=torch.tensor(terminated), filled=torch.tensor(filled))
+
+
+def test_double_q_uses_online_argmax_and_target_value():
+    # One episode, T=1, one agent, 3 actions, truncated after step 0 (bootstrap from step 1).
+    online = torch.tensor([[[[1.0, 2.0, 0.0]], [[0.0, 5.0, 9.0]]]])  # [1, 2, 1, 3]
+    target = torch.tensor([[[[0.0, 0.0, 0.0]], [[100.0, 3.0, 7.0]]]])
+    batch = batch_of(1, 1, 3, [[[1]]], [[1.0]], [[False]], [[True]])
+    learner = make_learner(online, target, double_q=True)
+    _, stats = learner.loss(batch)
+    # online argmax at t=1 is action 2 (9.0) -> target value 7.0; y = 1 + 0.5 * 7 = 4.5
+    assert stats["target_mean"].item() == pytest.approx(4.5)
+    assert stats["q_taken_mean"].item() == pytest.approx(2.0)
+    assert stats["loss"].item() == pytest.approx((2.0 - 4.5) ** 2)
+    # without double Q the target nets' own max (100.0) is used
+    _, stats = make_learner(online, target, double_q=False).loss(batch)
+    assert stats["target_mean"].item() == pytest.approx(1 + 0.5 * 100.0)
+
+
+def test_unavailable_actions_are_never_the_argmax():
+    online = torch.tensor([[[[1.0, 2.0, 0.0]], [[0.0, 5.0, 9.0]]]])
+    target = torch.tensor([[[[0.0, 0.0, 0.0]], [[100.0, 3.0, 7.0]]]])
+    avail = torch.ones(1, 2, 1, 3, dtype=torch.bool)
+    avail[0, 1, 0, 2] = False  # the online favourite is unavailable at t=1
+    avail[0, 1, 0, 0] = False
+    batch = batch_of(1, 1, 3, [[[1]]], [[1.0]], [[False]], [[True]], avail=avail)
+    for double_q in (True, False):
+        _, stats = make_learner(online, target, double_q=double_q).loss(batch)
+        assert stats["target_mean"].item() == pytest.approx(1 + 0.5 * 3.0)
+
+
+def test_terminated_steps_do_not_bootstrap_and_padding_is_masked():
+    # Two episodes, T=2, two agents (VDN sums), 2 actions.
+    # ep 0: steps 0,1 then terminated at step 1.  ep 1: one step, truncated (filled only t=0).
+    q = torch.zeros(2, 3, 2, 2)
+    q[0, 0] = torch.tensor([[1.0, 0.0], [0.5, 0.0]])  # chosen (0,0) -> Q_tot 1.5
+    q[0, 1] = torch.tensor([[0.0, 2.0], [0.0, 1.0]])  # chosen (1,1) -> 3.0
+    q[1, 0] = torch.tensor([[4.0, 0.0], [0.0, 0.0]])  # chosen (0,0) -> 4.0
+    target = torch.full((2, 3, 2, 2), 10.0)
+    target[1, 1] = torch.tensor([[2.0, 1.0], [1.0, 3.0]])  # after ep 1's step 0 (online argmax ties -> 0)
+    batch = batch_of(2, 2, 2,
+                     actions=[[[0, 0], [1, 1]], [[0, 0], [0, 0]]],
+                     reward=[[1.0, 2.0], [0.5, 99.0]],
+                     terminated=[[False, True], [False, False]],
+                     filled=[[True, True], [True, False]])
+    learner = make_learner(q, target, double_q=True)
+    loss, stats = learner.loss(batch)
+    y00 = 1.0 + 0.5 * 20.0  # bootstraps from target at t=1 (argmax 1 for both agents -> 10 + 10)
+    y01 = 2.0  # terminated: no bootstrap
+    y10 = 0.5 + 0.5 * (2.0 + 1.0)  # truncated after t=0: online argmax at t=1 is action 0 for both
+    expected = ((1.5 - y00) ** 2 + (3.0 - y01) ** 2 + (4.0 - y10) ** 2) / 3
+    assert loss.item() == pytest.approx(expected)
+    assert stats["target_mean"].item() == pytest.approx((y00 + y01 + y10) / 3)
+
+
+def test_iql_has_one_td_error_per_agent():
+    q = torch.zeros(1, 2, 2, 2)
+    q[0, 0] = torch.tensor([[1.0, 0.0], [0.0, 3.0]])
+    target = torch.zeros(1, 2, 2, 2)
+    batch = batch_of(1, 2, 2, [[[0, 1]]], [[2.0]], [[True]], [[True]])
+    loss, _ = make_learner(q, target, alg="iql").loss(batch)
+    assert loss.item() == pytest.approx(((1 - 2) ** 2 + (3 - 2) ** 2) / 2)
+
+
+def test_n_step_and_lambda_targets_by_hand():
+    reward = torch.tensor([[1.0, 2.0, 3.0, 0.0]])
+    terminated = torch.tensor([[False, False, True, False]])
+    filled = torch.tensor([[True, True, True, False]])
+    v = torch.tensor([[10.0, 20.0, 30.0, 40.0]])  # value of the state reached by step t
+    g = 0.5
+    one = td_targets(reward, terminated, filled, v, g)
+    assert one[0, :3].tolist() == pytest.approx([1 + g * 10, 2 + g * 20, 3.0])
+    two = td_targets(reward, terminated, filled, v, g, n_step=2)
+    assert two[0, :3].tolist() == pytest.approx([1 + g * 2 + g * g * 20, 2 + g * 3, 3.0])
+    lam = 0.6
+    out = td_targets(reward, terminated, filled, v, g, td_lambda=lam)
+    G2 = 3.0
+    G1 = 2 + g * ((1 - lam) * 20 + lam * G2)
+    G0 = 1 + g * ((1 - lam) * 10 + lam * G1)
+    assert out[0, :3].tolist() == pytest.approx([G0, G1, G2])
+    # truncated episode: the last valid step bootstraps fully in every form
+    trunc = torch.tensor([[False, False, False, False]])
+    for kw in ({}, {"n_step": 3}, {"td_lambda": 0.6}):
+        assert td_targets(reward, trunc, filled, v, g, **kw)[0, 2].item() == pytest.approx(3 + g * 30)
+
+
+def test_lambda_one_step_limit_matches_one_step():
+    torch.manual_seed(0)
+    r, v = torch.randn(3, 6), torch.randn(3, 6)
+    term = torch.zeros(3, 6, dtype=torch.bool)
+    term[0, 3] = True
+    filled = torch.arange(6).expand(3, 6) < torch.tensor([[4], [6], [2]])
+    a = td_targets(r, term, filled, v, 0.9, td_lambda=1e-9)
+    b = td_targets(r, term, filled, v, 0.9)
+    assert torch.allclose(a[filled], b[filled], atol=1e-6)
