@@ -20,6 +20,9 @@ class FixedAgent(nn.Module):
     def forward_seq(self, inputs):
         return self.q + self.w
 
+    def forward_seq_pair(self, inputs, target):
+        return self.forward_seq(inputs), target.forward_seq(inputs).detach()
+
 
 def make_learner(online_q, target_q, **overrides):
     cfg = resolve({"alg": "vdn", "env": "matrix:two-step", "gamma": 0.5, **overrides})

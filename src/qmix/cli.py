@@ -162,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     for add in ADDERS:
         add(sub)
+    from qmix.bench.cli import register as register_bench
+
+    register_bench(sub, COMMANDS)
     return parser
 
 

@@ -85,19 +85,17 @@ class Learner:
             self.optimizer = torch.optim.RMSprop(self.params, lr=cfg.lr, alpha=cfg.optim_alpha, eps=cfg.optim_eps)
         self.updates = 0
 
-    def _agent_q(self, batch: EpisodeBatch, target: bool) -> torch.Tensor:
+    def agent_utilities(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Online (with gradient) and target utilities ``[B, T+1, n, A]`` for a batch of episodes."""
         # The agent's previous action at step t is actions[t-1]; none (-1) at t = 0.
-        B, T = batch.actions.shape[:2]
         last = torch.cat([torch.full_like(batch.actions[:, :1], -1), batch.actions], dim=1)  # [B, T+1, n]
         inputs = build_inputs(self.cfg, batch.obs, last, self.n_actions)  # [B, T+1, n, in]
-        net = self.target_agent if target else self.agent
-        return net.forward_seq(inputs)  # [B, T+1, n, A]
+        return self.agent.forward_seq_pair(inputs, self.target_agent)
 
     def loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, dict]:
         cfg = self.cfg
-        q = self._agent_q(batch, target=False)  # [B, T+1, n, A]
+        q, q_target = self.agent_utilities(batch)  # [B, T+1, n, A] each; q_target has no gradient
         with torch.no_grad():
-            q_target = self._agent_q(batch, target=True)  # [B, T+1, n, A]
             avail_next = batch.avail[:, 1:]  # [B, T, n, A]
             if cfg.double_q:
                 best = q[:, 1:].detach().masked_fill(~avail_next, UNAVAILABLE).argmax(-1, keepdim=True)

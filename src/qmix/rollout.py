@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import time
+from collections import defaultdict
+
 import torch
 
 from qmix.controller import build_inputs, epsilon_greedy
@@ -56,6 +59,7 @@ class Runner:
         self.hidden = agent.initial_hidden(B, n, dev)
         self._rows = torch.arange(B, device=dev)
         self.started = False
+        self.timing: dict[str, float] = defaultdict(float)  # seconds spent: act, env, store
 
     def start(self) -> None:
         obs, state, avail = self.env.reset()
@@ -80,11 +84,15 @@ class Runner:
             self.start()
         done = FinishedEpisodes()
         rows = self._rows
+        clock, timing = time.perf_counter, self.timing
         for _ in range(steps):
+            t0 = clock()
             t = self.t
             obs, avail = self.obs[rows, t], self.avail[rows, t]
             actions = self.act(obs, avail, epsilon)
+            t1 = clock()
             res = self.env.step(actions)
+            t2 = clock()
             self.actions[rows, t] = actions
             self.reward[rows, t] = res.reward
             self.terminated[rows, t] = res.terminated
@@ -95,6 +103,10 @@ class Runner:
             ended = res.terminated | res.truncated
             if ended.any():
                 done.extend(self._finish(ended, res.info, buffer))
+            t3 = clock()
+            timing["act"] += t1 - t0
+            timing["env"] += t2 - t1
+            timing["store"] += t3 - t2
         return done
 
     def _finish(self, ended: torch.Tensor, info: dict, buffer) -> FinishedEpisodes:

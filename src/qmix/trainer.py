@@ -218,8 +218,12 @@ class Trainer:
             c.episodes_since_update -= cfg.episodes_per_update
             if not self.buffer.can_sample(cfg.batch_size):
                 continue
+            t0 = time.perf_counter()
             batch = self.buffer.sample(cfg.batch_size, self.sample_gen).to(self.device)
+            t1 = time.perf_counter()
             self.acc.add_learner(self.learner.update(batch))
+            self.runner.timing["sample"] += t1 - t0
+            self.runner.timing["learn"] += time.perf_counter() - t1
             c.updates += 1
         if cfg.target_update_tau == 0 and c.episode - c.last_target_update_episode >= cfg.target_update_interval:
             self.learner.hard_update_targets()

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qmix.modules.gru import gru_sequences
+
 
 class AgentNetwork(nn.Module):
     """Shared-parameter DRQN (``recurrent=True``) or MLP agent."""
@@ -36,15 +38,38 @@ class AgentNetwork(nn.Module):
 
     def forward_seq(self, inputs: torch.Tensor) -> torch.Tensor:
         """``inputs [B, T, n, in]`` from a zero hidden state -> ``q [B, T, n, n_actions]``."""
+        return self.forward_seq_pair(inputs, None)[0]
+
+    def forward_seq_pair(self, inputs: torch.Tensor, target: "AgentNetwork | None"):
+        """Utilities of this network and (without gradient) of ``target`` on the same inputs.
+
+        The two recurrences run in one loop, one batched matrix product per step; the large
+        input and output layers of all steps are single matrix products.
+        Returns ``(q [B, T, n, A], q_target [B, T, n, A] or None)``.
+        """
         B, T, n, _ = inputs.shape
-        x = F.relu(self.fc1(inputs))  # [B, T, n, H]
-        if self.recurrent:
-            x = x.transpose(1, 2).reshape(B * n, T, self.hidden_dim)  # one sequence per agent
-            x, _ = self.rnn(x)  # [B*n, T, H]
-            x = x.reshape(B, n, T, self.hidden_dim).transpose(1, 2)  # [B, T, n, H]
-        else:
-            x = F.relu(self.fc_mid(x))
-        return self.fc2(x)
+        if not self.recurrent:
+            q = self.fc2(F.relu(self.fc_mid(F.relu(self.fc1(inputs)))))
+            if target is None:
+                return q, None
+            with torch.no_grad():
+                return q, target.fc2(F.relu(target.fc_mid(F.relu(target.fc1(inputs)))))
+        x = inputs.transpose(0, 1)  # [T, B, n, in], time-major for the recurrence
+        nets = [self] if target is None else [self, target]
+        gis = []
+        for i, net in enumerate(nets):
+            with torch.set_grad_enabled(torch.is_grad_enabled() and i == 0):
+                hidden = F.relu(net.fc1(x))
+                gis.append(F.linear(hidden, net.rnn.weight_ih_l0, net.rnn.bias_ih_l0).view(T, B * n, -1))
+        gi = torch.stack(gis, 1)  # [T, G, B*n, 3H]
+        w_hh_t = torch.stack([net.rnn.weight_hh_l0.t() for net in nets])  # [G, H, 3H]
+        b_hh = torch.stack([net.rnn.bias_hh_l0 for net in nets]).unsqueeze(1)  # [G, 1, 3H]
+        h = gru_sequences(gi, w_hh_t, b_hh, n_grad=1).view(T, len(nets), B, n, -1)
+        q = self.fc2(h[:, 0]).transpose(0, 1)  # [B, T, n, A]
+        if target is None:
+            return q, None
+        with torch.no_grad():
+            return q, target.fc2(h[:, 1]).transpose(0, 1)
 
     def forward_step(self, inputs: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One step for acting: ``inputs [B, n, in]``, ``hidden [B, n, H]``."""
@@ -112,6 +137,13 @@ class SeparateAgentNetwork(nn.Module):
         else:
             x = F.relu(self.fc_mid(x))
         return self.fc2(x)
+
+    def forward_seq_pair(self, inputs, target):
+        q = self.forward_seq(inputs)
+        if target is None:
+            return q, None
+        with torch.no_grad():
+            return q, target.forward_seq(inputs)
 
     def forward_step(self, inputs, hidden):
         x = F.relu(self.fc1(inputs))

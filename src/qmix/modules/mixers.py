@@ -32,14 +32,15 @@ class QMixer(nn.Module):
     def forward(self, agent_qs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         """``agent_qs [..., n]``, ``state [..., state_dim]`` -> ``q_tot [...]``."""
         lead = agent_qs.shape[:-1]
-        qs = agent_qs.reshape(-1, 1, self.n_agents)  # [N, 1, n]
+        qs = agent_qs.reshape(-1, self.n_agents, 1)  # [N, n, 1]
         s = state.reshape(-1, state.shape[-1])  # [N, S]
         w1 = self.hyper_w1(s).abs().view(-1, self.n_agents, self.embed_dim)  # [N, n, E], >= 0
-        b1 = self.hyper_b1(s).view(-1, 1, self.embed_dim)  # [N, 1, E]
-        hidden = F.elu(torch.bmm(qs, w1) + b1)  # [N, 1, E]
-        w_final = self.hyper_w_final(s).abs().view(-1, self.embed_dim, 1)  # [N, E, 1], >= 0
-        v = self.hyper_v(s).view(-1, 1, 1)  # [N, 1, 1], V(s)
-        return (torch.bmm(hidden, w_final) + v).view(lead)
+        b1 = self.hyper_b1(s)  # [N, E]
+        # (1 x n) @ (n x E) per row, as a broadcast product: far faster than bmm at these sizes.
+        hidden = F.elu((qs * w1).sum(1) + b1)  # [N, E]
+        w_final = self.hyper_w_final(s).abs()  # [N, E], >= 0
+        v = self.hyper_v(s).squeeze(-1)  # [N], V(s)
+        return ((hidden * w_final).sum(-1) + v).view(lead)
 
 
 class VDNMixer(nn.Module):
