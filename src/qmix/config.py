@@ -27,38 +27,38 @@ class Config:
     alg: str = "qmix"  # preset name: qmix (pymarl), qmix-tuned (pymarl2), vdn, iql
     env: str = "micro:3m"  # env id family:name
     env_args: dict = field(default_factory=dict)  # family-specific options (see docs/environments.md)
-    seed: int = 1
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    seed: int = 1  # seeds networks, exploration, replay sampling and the environments
+    device: str = "auto"  # auto, cpu, cuda or cuda:N
 
     # --- budget and data collection ---
     t_max: int = 2_050_000  # environment steps to train for
     num_envs: int = 1  # environments stepped together (pymarl's batch_size_run)
     episodes_per_update: int = 1  # one learner update per this many finished episodes
     buffer_size: int = 5000  # replay capacity in episodes
-    buffer_device: str = "auto"  # where the replay lives: auto (= device) | cpu | cuda
+    buffer_device: str = "auto"  # where the replay lives: auto (= device), cpu or cuda
     buffer_obs_dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # storage of obs/state
 
     # --- agent network ---
     agent: Literal["rnn", "mlp"] = "rnn"  # rnn: fc -> GRU -> fc (DRQN); mlp: fc -> fc -> fc
-    rnn_hidden_dim: int = 64
+    rnn_hidden_dim: int = 64  # hidden width of the agent network (GRU state size)
     obs_agent_id: bool = True  # append the agent's one-hot id to its input
     obs_last_action: bool = True  # append the agent's previous action (one-hot)
     separate_agent_params: bool = False  # one network per agent instead of a shared one
 
     # --- mixer ---
     mixer: Literal["qmix", "vdn", "none"] = "qmix"
-    mixing_embed_dim: int = 32
-    hypernet_layers: Literal[1, 2] = 1
-    hypernet_embed: int = 64
+    mixing_embed_dim: int = 32  # width of the QMIX mixing network's hidden layer
+    hypernet_layers: Literal[1, 2] = 1  # layers of the weight hypernetworks
+    hypernet_embed: int = 64  # hidden width of 2-layer hypernetworks
 
     # --- learner ---
     batch_size: int = 32  # episodes per update
-    lr: float = 5e-4
-    optimizer: Literal["rmsprop", "adam"] = "rmsprop"
+    lr: float = 5e-4  # learning rate
+    optimizer: Literal["rmsprop", "adam"] = "rmsprop"  # optimiser of agents and mixer
     optim_alpha: float = 0.99  # RMSprop smoothing
-    optim_eps: float = 1e-5
-    grad_norm_clip: float = 10.0
-    gamma: float = 0.99
+    optim_eps: float = 1e-5  # optimiser epsilon
+    grad_norm_clip: float = 10.0  # clip the global gradient norm to this
+    gamma: float = 0.99  # discount
     double_q: bool = True  # argmax by the online nets, value by the target nets
     n_step: int = 1  # n-step returns (1 = one-step TD)
     td_lambda: float = 0.0  # TD(lambda) targets when > 0 (pymarl2 uses 0.6)
@@ -67,19 +67,19 @@ class Config:
     compile: bool = False  # torch.compile the learner's networks where supported
 
     # --- exploration ---
-    epsilon_start: float = 1.0
-    epsilon_finish: float = 0.05
+    epsilon_start: float = 1.0  # exploration at step 0
+    epsilon_finish: float = 0.05  # exploration after annealing
     epsilon_anneal_steps: int = 50_000  # linear over environment steps
 
     # --- evaluation, logging, checkpoints ---
     test_interval: int = 10_000  # environment steps between greedy test phases
-    test_episodes: int = 32
+    test_episodes: int = 32  # greedy episodes per test phase (0 = no tests)
     test_num_envs: int = 0  # envs stepped together during tests (0 = min(test_episodes, 32))
     log_interval: int = 10_000  # environment steps between training-metric log lines
     checkpoint_interval: int = 200_000  # environment steps between checkpoints (0 = only at end)
     checkpoint_buffer: bool = True  # include the replay buffer in checkpoints (exact resume)
     checkpoint_keep: int = 0  # keep only the newest N step_* checkpoints (0 = keep all)
-    use_tensorboard: bool = True
+    use_tensorboard: bool = True  # write TensorBoard events beside metrics.jsonl
     torch_threads: int = 0  # intra-op threads (0 = leave torch's default)
     progress: bool = True  # live progress bar on the console
 

@@ -20,6 +20,12 @@ from __future__ import annotations
 import torch
 
 
+def _tanh(x: torch.Tensor) -> torch.Tensor:
+    # tanh(x) = 2 sigmoid(2x) - 1: the same function, but several times faster than torch.tanh
+    # on CPUs without AVX-512 (measured on AMD EPYC), where tanh is the loop's slowest step.
+    return torch.sigmoid(x * 2).mul_(2).sub_(1)
+
+
 def _forward(gi: torch.Tensor, w_hh_t: torch.Tensor, b_hh: torch.Tensor, n_keep: int):
     """``gi [T, G, N, 3H]``, ``w_hh_t [G, H, 3H]``, ``b_hh [G, 1, 3H]``, zero initial states.
 
@@ -35,7 +41,7 @@ def _forward(gi: torch.Tensor, w_hh_t: torch.Tensor, b_hh: torch.Tensor, n_keep:
         g = gi[t]
         rz = torch.sigmoid(g[..., : 2 * H] + gh[..., : 2 * H])
         hn = gh[..., 2 * H:]
-        n = torch.tanh(torch.addcmul(g[..., 2 * H:], rz[..., :H], hn))
+        n = _tanh(torch.addcmul(g[..., 2 * H:], rz[..., :H], hn))
         h = torch.lerp(n, h, rz[..., H:])  # (1 - z) * n + z * h
         outs.append(h)
         if n_keep:
