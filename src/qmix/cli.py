@@ -163,8 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     for add in ADDERS:
         add(sub)
     from qmix.bench.cli import register as register_bench
+    from qmix.study.cli import register as register_study
 
     register_bench(sub, COMMANDS)
+    register_study(sub, COMMANDS)
     return parser
 
 
