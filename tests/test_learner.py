@@ -17,11 +17,11 @@ class FixedAgent(nn.Module):
         self.q = q
         self.w = nn.Parameter(torch.zeros(()))
 
-    def forward_seq(self, inputs):
+    def forward_seq(self, obs, last_actions):
         return self.q + self.w
 
-    def forward_seq_pair(self, inputs, target):
-        return self.forward_seq(inputs), target.forward_seq(inputs).detach()
+    def forward_seq_pair(self, obs, last_actions, target):
+        return self.forward_seq(obs, last_actions), target.forward_seq(obs, last_actions).detach()
 
 
 def make_learner(online_q, target_q, **overrides):

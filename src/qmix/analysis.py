@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from qmix.controller import build_inputs
 
 
 @torch.no_grad()
@@ -26,14 +25,14 @@ def two_step_tables(cfg, agent, mixer) -> dict[str, list[list[float]]]:
     joint = torch.tensor([[0, 0], [0, 1], [1, 0], [1, 1]], device=device)
     s1 = eye[0].to(device)
     obs1 = s1.expand(1, 1, 2, 3)  # [B=1, T=1, n, obs]
-    q1 = agent.forward_seq(build_inputs(cfg, obs1, torch.full((1, 1, 2), -1, device=device), 2))[0, 0]  # [n, A]
+    q1 = agent.forward_seq(obs1, torch.full((1, 1, 2), -1, device=device))[0, 0]  # [n, A]
     tables = {"state 1": q_tot(s1.view(1, 3), torch.stack([q1[0, joint[:, 0]], q1[1, joint[:, 1]]], -1))}
     greedy1 = int(q1[1].argmax())
     for name, a0 in (("state 2A", 0), ("state 2B", 1)):
         s2 = eye[1 + a0].to(device)
         obs = torch.stack([s1, s2]).view(1, 2, 1, 3).expand(1, 2, 2, 3)
         last = torch.tensor([[[-1, -1], [a0, greedy1]]], device=device)
-        q2 = agent.forward_seq(build_inputs(cfg, obs, last, 2))[0, 1]  # [n, A]
+        q2 = agent.forward_seq(obs, last)[0, 1]  # [n, A]
         tables[name] = q_tot(s2.view(1, 3), torch.stack([q2[0, joint[:, 0]], q2[1, joint[:, 1]]], -1))
     return {k: v.view(2, 2).tolist() for k, v in tables.items()}
 

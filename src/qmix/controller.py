@@ -1,35 +1,11 @@
-"""The multi-agent controller: builds each agent's input and picks actions.
-
-An agent's input at step t is ``[o_t^a | onehot(u_{t-1}^a) (obs_last_action) | onehot(a) (obs_agent_id)]``.
-The same builder serves acting (one step, ``[B, n, ...]``) and learning (whole episodes,
-``[B, T, n, ...]``), so the two can never disagree.
-"""
+"""Action selection: greedy and epsilon-greedy over available actions, and the epsilon schedule."""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 # Large negative utility for unavailable actions (finite, so 0 * it is still 0 in masked sums).
 UNAVAILABLE = -1e10
-
-
-def agent_input_dim(cfg, obs_dim: int, n_agents: int, n_actions: int) -> int:
-    return obs_dim + (n_actions if cfg.obs_last_action else 0) + (n_agents if cfg.obs_agent_id else 0)
-
-
-def build_inputs(cfg, obs: torch.Tensor, last_actions: torch.Tensor | None, n_actions: int) -> torch.Tensor:
-    """``obs [..., n, obs_dim]``, ``last_actions [..., n]`` (int, -1 = none yet) -> ``[..., n, in]``."""
-    parts = [obs.float()]
-    if cfg.obs_last_action:
-        # -1 (no previous action) maps to an all-zero one-hot.
-        parts.append(F.one_hot(last_actions.clamp(min=0), n_actions).to(parts[0].dtype)
-                     * (last_actions >= 0).unsqueeze(-1))
-    if cfg.obs_agent_id:
-        n = obs.shape[-2]
-        eye = torch.eye(n, device=obs.device, dtype=parts[0].dtype)
-        parts.append(eye.expand(*obs.shape[:-2], n, n))
-    return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
 
 
 def masked_argmax(q: torch.Tensor, avail: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch
 
 from qmix import checkpoint as ckpt
 from qmix.config import from_dict
-from qmix.controller import agent_input_dim, build_inputs, masked_argmax
+from qmix.controller import masked_argmax
 from qmix.envs import make
 from qmix.errors import QmixError
 from qmix.modules import build_agent
@@ -25,8 +25,7 @@ def load_policy(path: str, device: str = "cpu"):
     except QmixError as e:
         raise QmixError(f"the checkpoint's config is invalid: {e}") from None
     info = state["env_info"]
-    in_dim = agent_input_dim(cfg, info["obs_dim"], info["n_agents"], info["n_actions"])
-    agent = build_agent(cfg, in_dim, info["n_agents"], info["n_actions"])
+    agent = build_agent(cfg, info["obs_dim"], info["n_agents"], info["n_actions"])
     try:
         agent.load_state_dict(state["learner"]["agent"])
     except (RuntimeError, KeyError) as e:
@@ -72,7 +71,7 @@ def render(path: str, out: str, seed: int = 0, device: str = "cpu") -> dict:
         last = torch.full((1, n), -1, dtype=torch.long, device=obs.device)
         frames, ret, steps = [env.render_frame(0)], 0.0, 0
         while True:
-            q, hidden = agent.forward_step(build_inputs(cfg, obs, last, info["n_actions"]), hidden)
+            q, hidden = agent.forward_step(obs, last, hidden)
             last = masked_argmax(q, avail)
             res = env.step(last)
             obs, avail = res.obs, res.avail

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from qmix.buffer import EpisodeBatch
-from qmix.controller import UNAVAILABLE, build_inputs
+from qmix.controller import UNAVAILABLE
 
 
 def td_targets(reward: torch.Tensor, terminated: torch.Tensor, filled: torch.Tensor,
@@ -89,8 +89,7 @@ class Learner:
         """Online (with gradient) and target utilities ``[B, T+1, n, A]`` for a batch of episodes."""
         # The agent's previous action at step t is actions[t-1]; none (-1) at t = 0.
         last = torch.cat([torch.full_like(batch.actions[:, :1], -1), batch.actions], dim=1)  # [B, T+1, n]
-        inputs = build_inputs(self.cfg, batch.obs, last, self.n_actions)  # [B, T+1, n, in]
-        return self.agent.forward_seq_pair(inputs, self.target_agent)
+        return self.agent.forward_seq_pair(batch.obs, last, self.target_agent)
 
     def loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, dict]:
         cfg = self.cfg

@@ -14,7 +14,7 @@ from collections import defaultdict
 
 import torch
 
-from qmix.controller import build_inputs, epsilon_greedy
+from qmix.controller import epsilon_greedy
 from qmix.envs.base import BatchedEnv
 
 
@@ -74,8 +74,7 @@ class Runner:
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, avail: torch.Tensor, epsilon: float) -> torch.Tensor:
-        inputs = build_inputs(self.cfg, obs, self.last_actions, self.n_actions)  # [B, n, in]
-        q, self.hidden = self.agent.forward_step(inputs, self.hidden)
+        q, self.hidden = self.agent.forward_step(obs, self.last_actions, self.hidden)  # q [B, n, A]
         return epsilon_greedy(q, avail, epsilon, self.generator)
 
     def collect(self, steps: int, epsilon: float, buffer=None) -> FinishedEpisodes:

@@ -26,7 +26,7 @@ import torch
 from qmix import checkpoint as ckpt
 from qmix.buffer import EpisodeBuffer
 from qmix.config import Config, from_dict, resolve, to_yaml
-from qmix.controller import EpsilonSchedule, agent_input_dim
+from qmix.controller import EpsilonSchedule
 from qmix.envs import make
 from qmix.errors import QmixError
 from qmix.learner import Learner
@@ -112,8 +112,7 @@ class Trainer:
                              **cfg.env_args)
         info = self.env.info
         self.info = info
-        in_dim = agent_input_dim(cfg, info.obs_dim, info.n_agents, info.n_actions)
-        agent = build_agent(cfg, in_dim, info.n_agents, info.n_actions).to(self.device)
+        agent = build_agent(cfg, info.obs_dim, info.n_agents, info.n_actions).to(self.device)
         mixer = build_mixer(cfg, info.n_agents, info.state_dim)
         mixer = mixer.to(self.device) if mixer is not None else None
         self.learner = Learner(cfg, agent, mixer, info.n_actions)

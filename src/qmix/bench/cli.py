@@ -74,7 +74,6 @@ def peak_memory_mib() -> float:
 
 def bench_act(env_id: str, num_envs_list: list[int], steps: int, device: str, seed: int) -> list[dict]:
     from qmix.config import resolve
-    from qmix.controller import agent_input_dim
     from qmix.envs import make
     from qmix.modules import build_agent
     from qmix.rollout import Runner
@@ -84,8 +83,7 @@ def bench_act(env_id: str, num_envs_list: list[int], steps: int, device: str, se
         cfg = resolve({"alg": "qmix", "env": env_id})
         env = make(env_id, num_envs=B, seed=seed, device=device, **cfg.env_args)
         info = env.info
-        agent = build_agent(cfg, agent_input_dim(cfg, info.obs_dim, info.n_agents, info.n_actions),
-                            info.n_agents, info.n_actions).to(device)
+        agent = build_agent(cfg, info.obs_dim, info.n_agents, info.n_actions).to(device)
         runner = Runner(cfg, env, agent, torch.Generator(device=env.device).manual_seed(seed))
         runner.collect(5, 0.05)
         runner.timing.clear()

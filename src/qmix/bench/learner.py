@@ -16,7 +16,6 @@ import torch
 from qmix.bench.reference import CellAgent, ReferenceLearner
 from qmix.buffer import EpisodeBatch
 from qmix.config import resolve
-from qmix.controller import agent_input_dim
 from qmix.learner import Learner
 from qmix.modules import build_agent, build_mixer
 
@@ -70,20 +69,20 @@ def bench_config(**overrides):
 def build_pair(s: LearnerShapes, cfg, device="cpu", seed: int = 0):
     """Our learner and the reference, with identical weights."""
     torch.manual_seed(seed)
-    in_dim = agent_input_dim(cfg, s.obs_dim, s.n_agents, s.n_actions)
-    agent = build_agent(cfg, in_dim, s.n_agents, s.n_actions).to(device)
+    agent = build_agent(cfg, s.obs_dim, s.n_agents, s.n_actions).to(device)
+    in_dim = agent.layout.dim
     mixer = build_mixer(cfg, s.n_agents, s.state_dim).to(device)
     ours = Learner(cfg, agent, mixer, s.n_actions)
     ref_agent = CellAgent(in_dim, s.n_actions, cfg.rnn_hidden_dim).to(device).load_from(agent)
     ref_target = CellAgent(in_dim, s.n_actions, cfg.rnn_hidden_dim).to(device).load_from(ours.target_agent)
-    ref = ReferenceLearner(cfg, ref_agent, ref_target, copy.deepcopy(mixer),
-                           copy.deepcopy(ours.target_mixer), s.n_actions)
+    ref = ReferenceLearner(cfg, agent.layout, ref_agent, ref_target, copy.deepcopy(mixer),
+                           copy.deepcopy(ours.target_mixer))
     return ours, ref
 
 
 def update_flops(s: LearnerShapes, cfg) -> float:
     """Model FLOPs of one update (multiply-add = 2): online fwd+bwd (3x fwd) + target fwd."""
-    in_dim = agent_input_dim(cfg, s.obs_dim, s.n_agents, s.n_actions)
+    in_dim = s.obs_dim + s.n_actions * cfg.obs_last_action + s.n_agents * cfg.obs_agent_id
     H, E, He = cfg.rnn_hidden_dim, cfg.mixing_embed_dim, cfg.hypernet_embed
     tokens = s.batch * (s.T + 1) * s.n_agents
     agent_fwd = tokens * 2 * (in_dim * H + 2 * H * 3 * H + H * s.n_actions)
@@ -107,16 +106,19 @@ def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n ** 3 / best / 1e9
 
 
-def _time(fn, updates: int, warmup: int) -> float:
+def _time_interleaved(fns: list, updates: int, warmup: int) -> list[float]:
+    """Median seconds per call of each function, calls interleaved (A B A B ...) so that a
+    machine whose speed drifts (shared or thermally limited CPUs) affects all of them alike."""
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in fns:
+            fn()
+    times = [[] for _ in fns]
     for _ in range(updates):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    return times[len(times) // 2]  # median seconds per update
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            times[i].append(time.perf_counter() - t0)
+    return [sorted(t)[len(t) // 2] for t in times]
 
 
 def run_learner_bench(scenarios: list[str], updates: int = 10, warmup: int = 2, device: str = "cpu",
@@ -131,10 +133,11 @@ def run_learner_bench(scenarios: list[str], updates: int = 10, warmup: int = 2, 
         flops = update_flops(s, cfg)
         row = {"scenario": name, "shapes": vars(s) if hasattr(s, "__dict__") else s.__dict__,
                "gflop_per_update": flops / 1e9, "matmul_peak_gflops": peak}
-        t_ours = _time(lambda: ours.update(batch), updates, warmup)
+        fns = [lambda: ours.update(batch)] + ([lambda: ref.update(batch)] if reference else [])
+        t_ours, *t_ref = _time_interleaved(fns, updates, warmup)
         row.update(ours_ms=t_ours * 1e3, ours_gflops=flops / t_ours / 1e9)
         if reference:
-            t_ref = _time(lambda: ref.update(batch), updates, warmup)
+            t_ref = t_ref[0]
             row.update(reference_ms=t_ref * 1e3, reference_gflops=flops / t_ref / 1e9, speedup=t_ref / t_ours)
         results.append(row)
     return results

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qmix.buffer import EpisodeBatch
-from qmix.controller import UNAVAILABLE, build_inputs
+from qmix.controller import UNAVAILABLE
 
 
 class CellAgent(nn.Module):
@@ -44,8 +44,8 @@ class CellAgent(nn.Module):
 
 
 class ReferenceLearner:
-    def __init__(self, cfg, agent: CellAgent, target_agent: CellAgent, mixer, target_mixer, n_actions: int):
-        self.cfg, self.n_actions = cfg, n_actions
+    def __init__(self, cfg, layout, agent: CellAgent, target_agent: CellAgent, mixer, target_mixer):
+        self.cfg, self.layout = cfg, layout
         self.agent, self.target_agent, self.mixer, self.target_mixer = agent, target_agent, mixer, target_mixer
         self.params = list(agent.parameters()) + list(mixer.parameters())
         self.optimizer = torch.optim.RMSprop(self.params, lr=cfg.lr, alpha=cfg.optim_alpha, eps=cfg.optim_eps)
@@ -56,7 +56,7 @@ class ReferenceLearner:
         h = torch.zeros(B * n, net.hidden_dim, device=batch.obs.device)
         outs = []
         for t in range(T1):  # pymarl's mac.forward(batch, t) loop
-            inputs = build_inputs(self.cfg, batch.obs[:, t], last[:, t], self.n_actions)  # [B, n, in]
+            inputs = self.layout.build(batch.obs[:, t], last[:, t])  # [B, n, in]
             q, h = net(inputs.reshape(B * n, -1), h)
             outs.append(q.view(B, n, -1))
         return torch.stack(outs, dim=1)  # [B, T+1, n, A]
