@@ -143,7 +143,7 @@ def interrupted_study(tmp_path_factory):
     sweep = _write(root / "two_step.yaml", {"name": "tiny", "base": TINY,
                                             "grid": {"alg": ["qmix", "vdn"], "env": ["matrix:two-step"], "seed": [1, 2]}})
     study_dir = root / "study"
-    cmd = [sys.executable, "-m", "qmix.study.cli", "sweep", str(sweep), "--study-dir", str(study_dir),
+    cmd = [sys.executable, "-m", "qmix.cli", "sweep", str(sweep), "--study-dir", str(study_dir),
            "--num-cpus", "2", "--max-concurrent", "1"]
     study = load_sweep(sweep, study_dir)
     first, second = (study.run_dir(t) for t in study.trials[:2])

@@ -34,6 +34,14 @@ from qmix.modules import build_agent, build_mixer
 from qmix.rollout import FinishedEpisodes, Runner
 
 
+def derive_seed(seed: int, stream: int) -> int:
+    """A well-mixed 31-bit seed for one purpose (``stream``) of a run (splitmix64's finaliser)."""
+    x = (seed * 0x9E3779B97F4A7C15 + stream * 0xBF58476D1CE4E5B9 + 1) & (2**64 - 1)
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & (2**64 - 1)
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & (2**64 - 1)
+    return (x ^ (x >> 31)) & 0x7FFF_FFFF
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -105,10 +113,13 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         buffer_device = self.device if cfg.buffer_device == "auto" else resolve_device(cfg.buffer_device)
         torch.manual_seed(cfg.seed)
-        self.env = make(cfg.env, num_envs=cfg.num_envs, seed=cfg.seed, device=self.device, **cfg.env_args)
+        # Env copies are seeded seed, seed+1, ... so each run's envs get a well-mixed base seed:
+        # runs with seeds 1 and 2 must not share 15 of their 16 battles' random streams. The test
+        # env has its own, so testing never changes the training data.
+        self.env = make(cfg.env, num_envs=cfg.num_envs, seed=derive_seed(cfg.seed, 0), device=self.device,
+                        **cfg.env_args)
         test_envs = cfg.test_num_envs or max(1, min(cfg.test_episodes, 32))
-        # The test env gets its own seed stream so testing never changes the training data.
-        self.test_env = make(cfg.env, num_envs=test_envs, seed=cfg.seed + 1_000_003, device=self.device,
+        self.test_env = make(cfg.env, num_envs=test_envs, seed=derive_seed(cfg.seed, 1), device=self.device,
                              **cfg.env_args)
         info = self.env.info
         self.info = info

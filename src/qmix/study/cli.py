@@ -118,28 +118,3 @@ def register(subparsers, commands: dict) -> None:
     _add_plot(subparsers)
     _add_report(subparsers)
     commands.update({"sweep": _cmd_sweep, "plot": _cmd_plot, "report": _cmd_report})
-
-
-def main(argv: list[str] | None = None) -> int:
-    """A stand-alone entry (``python -m qmix.study.cli sweep ...``), with the qmix CLI's error handling."""
-    import sys
-
-    parser = argparse.ArgumentParser(prog="qmix")
-    sub = parser.add_subparsers(dest="command")
-    commands: dict = {}
-    register(sub, commands)
-    try:
-        args = parser.parse_args(argv)
-        if args.command is None:
-            parser.print_help()
-            return 0
-        return commands[args.command](args)
-    except QmixError as e:
-        print(f"qmix: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(main())
