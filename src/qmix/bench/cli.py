@@ -182,7 +182,9 @@ def _cmd_bench(args) -> int:
 
         if not args.target:
             raise QmixError("qmix bench env needs an env id, e.g. qmix bench env micro:2s3z.")
-        rows = run_env_bench(args.target, _ints(args.num_envs), args.steps or 20_000, args.device, args.seed)
+        env_steps = args.steps or 20_000  # per batch size, counted in steps of single battles
+        rows = [row for B in _ints(args.num_envs)
+                for row in run_env_bench(args.target, [B], max(10, env_steps // B), args.device, args.seed)]
         _print_rows(rows)
     elif args.what == "act":
         if not args.target:
