@@ -1,4 +1,4 @@
-"""micro: the maps table (sizes vs MICRO_SPEC), terrain data, registry errors and env args."""
+"""micro: the maps table (sizes vs SMAC's), terrain data, registry errors and env args."""
 
 import pytest
 import torch
@@ -8,7 +8,7 @@ from qmix.envs.micro import map_table, terrain
 from qmix.envs.micro.maps import MAPS
 from qmix.errors import QmixError
 
-# MICRO_SPEC §1: map -> (agents, enemies, limit, n_actions, obs, state)
+# SMAC's sizes per map: map -> (agents, enemies, limit, n_actions, obs, state)
 SPEC_TABLE = {
     "3m": (3, 3, 60, 9, 30, 48), "8m": (8, 8, 120, 14, 80, 168), "25m": (25, 25, 150, 31, 250, 950),
     "5m_vs_6m": (5, 6, 70, 12, 55, 98), "8m_vs_9m": (8, 9, 120, 15, 85, 179),

@@ -30,7 +30,7 @@ class LearnerShapes:
     state_dim: int
 
 
-# Shapes of the SMAC maps (obs/state per MICRO_SPEC), pymarl's batch of 32 episodes at full length.
+# Shapes of the SMAC maps (obs/state sizes as SMAC), pymarl's batch of 32 episodes at full length.
 SCENARIOS = {
     "3m": LearnerShapes(32, 60, 3, 30, 9, 48),
     "8m": LearnerShapes(32, 120, 8, 80, 14, 168),

@@ -76,7 +76,7 @@ def _hash32(x: torch.Tensor) -> torch.Tensor:
 
 
 class MicroEnv(BatchedEnv):
-    """``num_envs`` copies of one SMAC map (see MICRO_SPEC / docs/micro.md)."""
+    """``num_envs`` copies of one SMAC map (see docs/micro.md)."""
 
     can_render = True
 
@@ -581,7 +581,7 @@ class MicroEnv(BatchedEnv):
 
     # ------------------------------------------------------------------ observations
     def avail_actions(self, alive: torch.Tensor | None = None, dist_au: torch.Tensor | None = None) -> torch.Tensor:
-        """``[B, n_agents, n_actions]`` bool, SMAC's rules (see MICRO_SPEC §3)."""
+        """``[B, n_agents, n_actions]`` bool, SMAC's rules (see docs/micro.md, Actions)."""
         A, E = self.n_agents, self.n_enemies
         if alive is None:
             alive = self.hp > 0

@@ -1,7 +1,7 @@
 """The maps table: SMAC's 23 scenarios as data (groups of units, spawn points, enemy orders).
 
 Sizes (obs/state/actions) are not stored: they follow from the units and the SMAC feature
-layout, and the tests check them against MICRO_SPEC's table.
+layout, and the tests check them against SMAC's sizes (the table in docs/micro.md).
 """
 
 from __future__ import annotations
