@@ -41,8 +41,10 @@ CASES = [
 
 
 @pytest.mark.parametrize("argv,message", CASES, ids=[" ".join(c[0]) for c in CASES])
-def test_user_error_is_one_line_exit_2(capsys, argv, message):
+def test_user_error_is_one_line_exit_2(capsys, monkeypatch, tmp_path, argv, message):
+    monkeypatch.chdir(tmp_path)
     code, out, err = run(capsys, argv)
+    assert list(tmp_path.iterdir()) == []  # nothing written (no half-made runs/ directory)
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1, err

@@ -334,9 +334,10 @@ def _status(tr: Trainer, sps: float) -> str:
     return " | ".join(parts)
 
 
-def run_training(cfg: Config, run_dir: Path, resume_state: dict | None = None) -> dict:
+def run_training(cfg: Config, run_dir: Path, resume_state: dict | None = None,
+                 trainer: Trainer | None = None) -> dict:
     """Train until ``cfg.t_max`` (or a signal), writing everything into ``run_dir``."""
-    trainer = Trainer(cfg, run_dir, resume_state)
+    trainer = trainer or Trainer(cfg, run_dir, resume_state)
     c = trainer.counters
     resumed = resume_state is not None
     # A fresh start keeps no metrics lines (a resumed run directory that never reached its first
@@ -435,11 +436,14 @@ def run_training(cfg: Config, run_dir: Path, resume_state: dict | None = None) -
     return summary
 
 
-def prepare_new_run(cfg: Config, out: str | os.PathLike | None) -> Path:
-    run_dir = Path(out) if out else default_run_dir(cfg)
+def check_new_run_dir(run_dir: Path) -> None:
     if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
         raise QmixError(f"{run_dir} already exists and is not empty; choose another --out, "
                         f"or continue it with `qmix train --resume {run_dir}`.")
+
+
+def prepare_new_run(cfg: Config, run_dir: Path) -> Path:
+    check_new_run_dir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     tmp = run_dir / ".config.yaml.tmp"
     tmp.write_text(to_yaml(cfg))
@@ -485,5 +489,9 @@ def train(alg: str = "qmix", env: str = "micro:3m", seed: int = 1, out: str | No
             os.replace(tmp, run_dir / "config.yaml")
         return run_training(cfg, run_dir, state)
     cfg = resolve({"alg": alg, "env": env, "seed": seed, **overrides})
-    run_dir = prepare_new_run(cfg, out)
-    return run_training(cfg, run_dir)
+    run_dir = Path(out) if out else default_run_dir(cfg)
+    check_new_run_dir(run_dir)
+    # Build everything first (envs, networks, buffer): a user error there leaves no run directory.
+    trainer = Trainer(cfg, run_dir)
+    prepare_new_run(cfg, run_dir)
+    return run_training(cfg, run_dir, trainer=trainer)
