@@ -15,6 +15,7 @@ from gymnasium import spaces  # noqa: E402
 
 import qmix  # noqa: E402
 from qmix.errors import QmixError  # noqa: E402
+from envcheck import rollout, same  # noqa: E402
 
 
 # --- the example from docs/environments.md ----------------------------------------------------
@@ -88,27 +89,6 @@ class Faulty(LineGather):
 
 
 gym.register("Faulty-v0", entry_point=Faulty, max_episode_steps=20)
-
-
-def rollout(env, steps=40, seed=0):
-    """Random available actions; resets ended copies; returns everything seen."""
-    g = torch.Generator().manual_seed(seed)
-    obs, state, avail = env.reset()
-    seen = [obs, state, avail]
-    for _ in range(steps):
-        logits = torch.rand(avail.shape, generator=g).masked_fill(~avail, -1.0)
-        res = env.step(logits.argmax(-1))
-        avail = res.avail
-        seen += [res.obs, res.state, res.avail, res.reward, res.terminated, res.truncated]
-        ended = res.terminated | res.truncated
-        if ended.any():
-            obs, state, avail = env.reset(ended)
-            seen += [obs, state, avail]
-    return seen
-
-
-def same(a, b):
-    return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
 
 
 def test_shapes_state_avail_and_reward():

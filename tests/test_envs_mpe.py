@@ -9,26 +9,7 @@ pytest.importorskip("mpe2")
 
 import qmix  # noqa: E402
 from qmix.errors import QmixError  # noqa: E402
-
-
-def rollout(env, steps=30, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    obs, state, avail = env.reset()
-    seen = [obs, state, avail]
-    for _ in range(steps):
-        logits = torch.rand(avail.shape, generator=g).masked_fill(~avail, -1.0)
-        res = env.step(logits.argmax(-1))
-        avail = res.avail
-        seen += [res.obs, res.state, res.reward, res.terminated, res.truncated]
-        ended = res.terminated | res.truncated
-        if ended.any():
-            obs, state, avail = env.reset(ended)
-            seen += [obs, state, avail]
-    return seen
-
-
-def same(a, b):
-    return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
+from envcheck import rollout, same  # noqa: E402
 
 
 def test_simple_spread_shapes_state_time_limit():

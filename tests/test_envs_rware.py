@@ -9,25 +9,9 @@ pytest.importorskip("rware")
 
 import qmix  # noqa: E402
 from qmix.errors import QmixError  # noqa: E402
+from envcheck import rollout, same  # noqa: E402
 
 ID = "rware:rware-tiny-2ag-v2"
-
-
-def rollout(env, steps=30, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    obs, state, avail = env.reset()
-    seen = [obs, state, avail]
-    for _ in range(steps):
-        res = env.step(torch.randint(0, env.info.n_actions, avail.shape[:2], generator=g))
-        seen += [res.obs, res.state, res.reward, res.terminated, res.truncated]
-        ended = res.terminated | res.truncated
-        if ended.any():
-            seen += list(env.reset(ended))
-    return seen
-
-
-def same(a, b):
-    return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
 
 
 def test_shapes_state_avail():

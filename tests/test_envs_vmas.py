@@ -12,19 +12,7 @@ warnings.filterwarnings("ignore", module="vmas")
 
 import qmix  # noqa: E402
 from qmix.errors import QmixError  # noqa: E402
-
-
-def rollout(env, steps=8, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    obs, state, avail = env.reset()
-    seen = [obs, state]
-    for _ in range(steps):
-        res = env.step(torch.randint(0, env.info.n_actions, avail.shape[:2], generator=g))
-        seen += [res.obs, res.state, res.reward, res.terminated, res.truncated]
-        ended = res.terminated | res.truncated
-        if ended.any():
-            seen += list(env.reset(ended))
-    return seen
+from envcheck import rollout, same  # noqa: E402
 
 
 def test_balance_batch_shapes_and_time_limit():
