@@ -13,14 +13,6 @@ from qmix.envs.micro.units import LOOPS_PER_SECOND, ZERG_REGEN_RATE
 STOP = 1
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def custom(groups, limit=60, ally_bits=(), enemy_bits=(), terrain="3s_vs_3z", order=(9.0, 16.0), **cfg):
     """A battle on ``terrain``'s open ground with the given groups (spawned far apart)."""
     spec = dataclasses.replace(MAPS[terrain], groups=tuple(groups), episode_limit=limit,

@@ -8,14 +8,6 @@ from qmix.envs import make
 from qmix.envs.micro.scripted import focus_fire_actions, random_actions
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def win_rate(policy: str, n: int = 300, name: str = "3m") -> float:
     env = make(f"micro:{name}", num_envs=n, seed=11)
     _, _, avail = env.reset()

@@ -195,9 +195,28 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def nest_dotted(mapping: dict, where: str) -> dict:
+    """``{"env_args.x": 1}`` -> ``{"env_args": {"x": 1}}``; mappings given twice are merged."""
+    out: dict = {}
+    for key, value in mapping.items():
+        if not isinstance(key, str):
+            raise QmixError(f"{where}: config keys must be strings; got {key!r}.")
+        parts = key.split(".")
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise QmixError(f"{where}: {key!r} conflicts with another key.")
+        if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
+            node[parts[-1]] = {**node[parts[-1]], **value}
+        else:
+            node[parts[-1]] = value
+    return out
+
+
 def parse_overrides(items: list[str]) -> dict:
     """``["lr=1e-3", "env_args.time_limit=50"]`` -> nested dict, with one-line errors."""
-    out: dict = {}
+    pairs: dict = {}
     for item in items:
         if "=" not in item:
             raise QmixError(f"override {item!r} is not of the form key=value.")
@@ -205,14 +224,8 @@ def parse_overrides(items: list[str]) -> dict:
         key = key.strip()
         if not key:
             raise QmixError(f"override {item!r} has an empty key.")
-        parts = key.split(".")
-        node = out
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise QmixError(f"override {item!r} conflicts with an earlier override of {p!r}.")
-        node[parts[-1]] = parse_value(text)
-    return out
+        pairs[key] = parse_value(text)
+    return nest_dotted(pairs, "overrides")
 
 
 def _load_yaml_resource(*parts: str) -> dict | None:

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import yaml
 
+from qmix.config import nest_dotted
 from qmix.errors import QmixError
 
 GRID_AXES = ("alg", "env", "seed")
@@ -95,25 +96,6 @@ def _as_list(value, what: str) -> list:
     return [value]
 
 
-def _nest_dotted(mapping: dict, where: str) -> dict:
-    """``{"env_args.x": 1}`` -> ``{"env_args": {"x": 1}}`` (as on the command line)."""
-    out: dict = {}
-    for key, value in mapping.items():
-        if not isinstance(key, str):
-            raise QmixError(f"{where}: config keys must be strings; got {key!r}.")
-        parts = key.split(".")
-        node = out
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise QmixError(f"{where}: {key!r} conflicts with another key.")
-        if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
-            node[parts[-1]] = {**node[parts[-1]], **value}
-        else:
-            node[parts[-1]] = value
-    return out
-
-
 def _variant_text(overrides: dict, prefix: str = "") -> str:
     parts = []
     for k, v in overrides.items():
@@ -138,7 +120,7 @@ def _variants(spec, where: str) -> list[dict]:
         for k, v in zip(keys, values):
             if not v:
                 raise QmixError(f"{where}: overrides.{k} has no values.")
-        return [_nest_dotted(dict(zip(keys, combo)), where) for combo in itertools.product(*values)]
+        return [nest_dotted(dict(zip(keys, combo)), where) for combo in itertools.product(*values)]
     if isinstance(spec, list):
         out = []
         for i, v in enumerate(spec):
@@ -146,7 +128,7 @@ def _variants(spec, where: str) -> list[dict]:
                 v = {}
             if not isinstance(v, dict):
                 raise QmixError(f"{where}: overrides[{i}] must be a mapping of config keys; got {v!r}.")
-            out.append(_nest_dotted(v, where))
+            out.append(nest_dotted(v, where))
         return out or [{}]
     raise QmixError(f"{where}: overrides must be a list of mappings or a mapping of key -> list of values.")
 
@@ -180,11 +162,11 @@ def load_sweep(path: str | os.PathLike, study_dir: str | os.PathLike | None = No
         base_path = Path(data["base_config"])
         if not base_path.is_absolute():
             base_path = path.parent / base_path
-        base = _nest_dotted(load_yaml_file(str(base_path)), where)
+        base = nest_dotted(load_yaml_file(str(base_path)), where)
     extra = data.get("base") or {}
     if not isinstance(extra, dict):
         raise QmixError(f"{where}: 'base' must be a mapping of config keys.")
-    extra = _nest_dotted(extra, where)
+    extra = nest_dotted(extra, where)
     for k, v in extra.items():
         base[k] = {**base[k], **v} if k == "env_args" and isinstance(base.get(k), dict) else v
     clash = sorted(set(base) & set(GRID_AXES))
@@ -204,7 +186,7 @@ def load_sweep(path: str | os.PathLike, study_dir: str | os.PathLike | None = No
             if len(e) != 1 or not isinstance(next(iter(e.values())) or {}, dict):
                 raise QmixError(f"{where}: an env entry is an id or a one-key mapping {{id: {{key: value}}}}; got {e!r}.")
             (e, extra_env), = e.items()
-            env_overrides[str(e)] = _nest_dotted(extra_env or {}, where)
+            env_overrides[str(e)] = nest_dotted(extra_env or {}, where)
             clash = sorted(set(env_overrides[str(e)]) & set(GRID_AXES))
             if clash:
                 raise QmixError(f"{where}: {', '.join(clash)} cannot be set per env.")
