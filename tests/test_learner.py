@@ -20,7 +20,7 @@ class FixedAgent(nn.Module):
     def forward_seq(self, obs, last_actions):
         return self.q + self.w
 
-    def forward_seq_pair(self, obs, last_actions, target):
+    def forward_seq_pair(self, obs, last_actions, target, lengths=None):
         return self.forward_seq(obs, last_actions), target.forward_seq(obs, last_actions).detach()
 
 

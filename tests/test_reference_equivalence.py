@@ -61,3 +61,35 @@ def test_fused_gru_matches_nn_gru_in_float64():
     with torch.no_grad():  # the forward-only path gives the same values
         assert torch.allclose(gru_sequence(x, gru.weight_ih_l0, gru.bias_ih_l0, gru.weight_hh_l0, gru.bias_hh_l0),
                               expected, atol=1e-12)
+
+
+def test_packed_gru_matches_nn_gru_per_episode_in_float64():
+    """Episodes of different lengths, packed: the same outputs and gradients as running
+    ``nn.GRU`` on each episode alone, and nothing computed for steps past an episode's end."""
+    from qmix.modules.packing import EpisodePacking
+    from qmix.modules.gru import gru_packed
+
+    torch.manual_seed(1)
+    B, T, R, I, H = 5, 9, 2, 3, 4
+    gru = torch.nn.GRU(I, H).double()
+    lengths = torch.tensor([4, 9, 1, 7, 9])
+    x = torch.randn(B, T, R, I, dtype=torch.double, requires_grad=True)
+    upstream = torch.randn(B, T, R, H, dtype=torch.double)
+    expected = torch.zeros(B, T, R, H, dtype=torch.double)
+    for b in range(B):
+        L = int(lengths[b])
+        expected[b, :L] = gru(x[b, :L])[0]  # [L, R, H]: R independent sequences
+    (expected * upstream).sum().backward()
+    want = [p.grad.clone() for p in gru.parameters()] + [x.grad.clone()]
+    for p in gru.parameters():
+        p.grad = None
+    x.grad = None
+
+    packing = EpisodePacking(lengths, T)
+    assert packing.rows == int(lengths.sum()) and packing.counts == [5, 4, 4, 4, 3, 3, 3, 2, 2]
+    out = packing.unpack(gru_packed(packing.pack(x), packing.counts, gru.weight_ih_l0, gru.bias_ih_l0,
+                                    gru.weight_hh_l0, gru.bias_hh_l0))
+    assert torch.allclose(out, expected, atol=1e-12)
+    (out * upstream).sum().backward()
+    for g, w in zip([p.grad for p in gru.parameters()] + [x.grad], want):
+        assert torch.allclose(g, w, atol=1e-10)

@@ -10,6 +10,7 @@ import json
 import sys
 
 from qmix.errors import QmixError
+from qmix.system import configure_allocator
 
 EPILOG_TRAIN = """\
 Any config key can be overridden as key=value after the options (dotted for env_args), e.g.
@@ -171,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_allocator()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

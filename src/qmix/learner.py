@@ -12,6 +12,8 @@ One update, on a batch of whole episodes ``[B, T(+1), ...]`` (T = the longest ep
     loss     = sum(mask * (q_tot - y)^2) / sum(mask)
 
 With ``mixer = none`` (IQL) every agent has its own TD error against the shared team reward.
+No work is spent on padding: the networks, the mixers and the loss see only the valid steps of
+each episode, packed into one array (:mod:`qmix.modules.packing`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch.nn.functional as F
 
 from qmix.buffer import EpisodeBatch
 from qmix.controller import UNAVAILABLE
+from qmix.modules.packing import EpisodePacking
 
 
 def td_targets(reward: torch.Tensor, terminated: torch.Tensor, filled: torch.Tensor,
@@ -89,37 +92,42 @@ class Learner:
         """Online (with gradient) and target utilities ``[B, T+1, n, A]`` for a batch of episodes."""
         # The agent's previous action at step t is actions[t-1]; none (-1) at t = 0.
         last = torch.cat([torch.full_like(batch.actions[:, :1], -1), batch.actions], dim=1)  # [B, T+1, n]
-        return self.agent.forward_seq_pair(batch.obs, last, self.target_agent)
+        lengths = batch.filled.sum(1) + 1  # an episode of L steps has L + 1 observations
+        return self.agent.forward_seq_pair(batch.obs, last, self.target_agent, lengths)
 
     def loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, dict]:
         cfg = self.cfg
         q, q_target = self.agent_utilities(batch)  # [B, T+1, n, A] each; q_target has no gradient
+        # The TD errors, the mixers and the loss work on the valid steps only, packed: [M, ...].
+        steps = EpisodePacking(batch.filled.sum(1), batch.filled.shape[1])
         with torch.no_grad():
-            avail_next = batch.avail[:, 1:]  # [B, T, n, A]
+            avail_next = steps.pack(batch.avail, shift=1)  # [M, n, A]
+            q_next = steps.pack(q, shift=1).detach()
             if cfg.double_q:
-                best = q[:, 1:].detach().masked_fill(~avail_next, UNAVAILABLE).argmax(-1, keepdim=True)
-                next_q = q_target[:, 1:].gather(-1, best).squeeze(-1)  # [B, T, n]
+                best = q_next.masked_fill(~avail_next, UNAVAILABLE).argmax(-1, keepdim=True)
+                next_q = steps.pack(q_target, shift=1).gather(-1, best).squeeze(-1)  # [M, n]
             else:
-                next_q = q_target[:, 1:].masked_fill(~avail_next, UNAVAILABLE).max(-1).values
+                next_q = steps.pack(q_target, shift=1).masked_fill(~avail_next, UNAVAILABLE).max(-1).values
             # A dead or finished agent can have no available action at all: value it 0, not -1e10.
             next_q = next_q * avail_next.any(-1)
-        chosen = q[:, :-1].gather(-1, batch.actions.unsqueeze(-1)).squeeze(-1)  # [B, T, n]
+        chosen = steps.pack(q).gather(-1, steps.pack(batch.actions).unsqueeze(-1)).squeeze(-1)  # [M, n]
 
         if self.mixer is not None:
-            q_tot = self.mixer(chosen, batch.state[:, :-1])  # [B, T]
+            q_tot = self.mixer(chosen, steps.pack(batch.state))  # [M]
             with torch.no_grad():
-                next_tot = self.target_mixer(next_q, batch.state[:, 1:])  # [B, T]
+                next_tot = self.target_mixer(next_q, steps.pack(batch.state, shift=1))  # [M]
         else:
-            q_tot, next_tot = chosen, next_q  # IQL: [B, T, n]
+            q_tot, next_tot = chosen, next_q  # IQL: [M, n]
 
         with torch.no_grad():
-            y = td_targets(batch.reward, batch.terminated, batch.filled, next_tot,
+            y = td_targets(batch.reward, batch.terminated, batch.filled, steps.unpack(next_tot),
                            cfg.gamma, cfg.n_step, cfg.td_lambda)
-        # Padding mask, and no step after a termination (pymarl's mask[:, 1:] *= 1 - terminated[:, :-1]).
+            y = steps.pack(y)
+        # No step after a termination (pymarl's mask[:, 1:] *= 1 - terminated[:, :-1]).
         mask = batch.filled.clone()
         mask[:, 1:] &= ~batch.terminated[:, :-1]
-        mask = mask.to(q_tot.dtype)
-        if q_tot.dim() == 3:
+        mask = steps.pack(mask).to(q_tot.dtype)
+        if q_tot.dim() == 2:
             mask = mask.unsqueeze(-1).expand_as(q_tot)
         td_error = (q_tot - y) * mask
         n_valid = mask.sum().clamp(min=1)

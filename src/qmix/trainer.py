@@ -32,6 +32,7 @@ from qmix.errors import QmixError
 from qmix.learner import Learner
 from qmix.modules import build_agent, build_mixer
 from qmix.rollout import FinishedEpisodes, Runner
+from qmix.system import configure_allocator
 
 
 def derive_seed(seed: int, stream: int) -> int:
@@ -108,6 +109,7 @@ def episode_metrics(prefix: str, eps: FinishedEpisodes) -> dict:
 class Trainer:
     def __init__(self, cfg: Config, run_dir: Path, resume_state: dict | None = None):
         self.cfg, self.run_dir = cfg, Path(run_dir)
+        configure_allocator()
         if cfg.torch_threads > 0:
             torch.set_num_threads(cfg.torch_threads)
         self.device = resolve_device(cfg.device)

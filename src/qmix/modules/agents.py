@@ -11,7 +11,7 @@ by lookup, which is the same function without building (and, on big maps, copyin
 megabytes of) one-hot inputs.
 
 Shapes: ``obs [..., n, obs_dim]``, ``last_actions [..., n]`` int (-1 = none yet).
-The learner calls ``forward_seq_pair(obs [B, T, n, o], last [B, T, n], target)`` on whole
+The learner calls ``forward_seq_pair(obs [B, T, n, o], last [B, T, n], target, lengths)`` on whole
 episodes; acting calls ``forward_step(obs [B, n, o], last [B, n], hidden [B, n, H])``.
 """
 
@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qmix.modules.gru import gru_sequence
+from qmix.modules.gru import gru_packed
+from qmix.modules.packing import EpisodePacking
 
 
 @dataclass(frozen=True)
@@ -82,30 +83,36 @@ class AgentNetwork(nn.Module):
     def initial_hidden(self, batch: int, n_agents: int, device) -> torch.Tensor:
         return torch.zeros(batch, n_agents, self.hidden_dim, device=device)  # [B, n, H]
 
-    def forward_seq(self, obs: torch.Tensor, last_actions: torch.Tensor) -> torch.Tensor:
+    def forward_seq(self, obs: torch.Tensor, last_actions: torch.Tensor, lengths=None) -> torch.Tensor:
         """Whole episodes from a zero hidden state -> ``q [B, T, n, n_actions]``."""
-        return self.forward_seq_pair(obs, last_actions, None)[0]
+        return self.forward_seq_pair(obs, last_actions, None, lengths)[0]
 
-    def forward_seq_pair(self, obs, last_actions, target: "AgentNetwork | None"):
+    def forward_seq_pair(self, obs, last_actions, target: "AgentNetwork | None", lengths=None):
         """Utilities of this network and (without gradient) of ``target`` on the same inputs.
 
+        ``lengths [B]``: valid steps of each episode (default: all ``T``); the networks run on
+        those steps only (packed, :class:`EpisodePacking`) and utilities past them are 0.
         Returns ``(q [B, T, n, A], q_target [B, T, n, A] or None)``.
         """
-        q = self._seq(obs, last_actions)
+        B, T = obs.shape[:2]
+        if lengths is None:
+            lengths = torch.full((B,), T, device=obs.device)
+        packing = EpisodePacking(lengths, T)
+        obs, last_actions = packing.pack(obs), packing.pack(last_actions)  # [M, n, .]
+        q = packing.unpack(self._packed(obs, last_actions, packing.counts))
         if target is None:
             return q, None
         with torch.no_grad():
-            return q, target._seq(obs, last_actions)
+            return q, packing.unpack(target._packed(obs, last_actions, packing.counts))
 
-    def _seq(self, obs: torch.Tensor, last_actions: torch.Tensor) -> torch.Tensor:
-        x = F.relu(first_layer(self.layout, self.fc1, obs, last_actions))  # [B, T, n, H]
-        if not self.recurrent:
-            return self.fc2(F.relu(self.fc_mid(x)))
-        B, T, n, H = x.shape
-        x = x.transpose(0, 1).reshape(T, B * n, H)  # time-major for the recurrence
-        rnn = self.rnn
-        h = gru_sequence(x, rnn.weight_ih_l0, rnn.bias_ih_l0, rnn.weight_hh_l0, rnn.bias_hh_l0)
-        return self.fc2(h.view(T, B, n, H)).transpose(0, 1)  # [B, T, n, A]
+    def _packed(self, obs: torch.Tensor, last_actions: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        x = F.relu(first_layer(self.layout, self.fc1, obs, last_actions))  # [M, n, H]
+        if self.recurrent:
+            rnn = self.rnn
+            x = gru_packed(x, counts, rnn.weight_ih_l0, rnn.bias_ih_l0, rnn.weight_hh_l0, rnn.bias_hh_l0)
+        else:
+            x = F.relu(self.fc_mid(x))
+        return self.fc2(x)  # [M, n, A]
 
     def forward_step(self, obs: torch.Tensor, last_actions: torch.Tensor,
                      hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,7 +183,9 @@ class SeparateAgentNetwork(nn.Module):
             x = F.relu(self.fc_mid(x))
         return self.fc2(x)
 
-    def forward_seq_pair(self, obs, last_actions, target):
+    def forward_seq_pair(self, obs, last_actions, target, lengths=None):
+        # Per-agent weights run on whole padded episodes (``lengths`` is not used); the learner
+        # masks the padded steps.
         q = self.forward_seq(obs, last_actions)
         if target is None:
             return q, None
