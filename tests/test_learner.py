@@ -20,8 +20,8 @@ class FixedAgent(nn.Module):
     def forward_seq(self, obs, last_actions):
         return self.q + self.w
 
-    def forward_seq_pair(self, obs, last_actions, target, lengths=None):
-        return self.forward_seq(obs, last_actions), target.forward_seq(obs, last_actions).detach()
+    def forward_packed(self, obs, last_actions, packing):
+        return packing.pack(self.q) + self.w
 
 
 def make_learner(online_q, target_q, **overrides):

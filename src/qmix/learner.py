@@ -88,29 +88,30 @@ class Learner:
             self.optimizer = torch.optim.RMSprop(self.params, lr=cfg.lr, alpha=cfg.optim_alpha, eps=cfg.optim_eps)
         self.updates = 0
 
-    def agent_utilities(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Online (with gradient) and target utilities ``[B, T+1, n, A]`` for a batch of episodes."""
-        # The agent's previous action at step t is actions[t-1]; none (-1) at t = 0.
-        last = torch.cat([torch.full_like(batch.actions[:, :1], -1), batch.actions], dim=1)  # [B, T+1, n]
-        lengths = batch.filled.sum(1) + 1  # an episode of L steps has L + 1 observations
-        return self.agent.forward_seq_pair(batch.obs, last, self.target_agent, lengths)
-
     def loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, dict]:
         cfg = self.cfg
-        q, q_target = self.agent_utilities(batch)  # [B, T+1, n, A] each; q_target has no gradient
-        # The TD errors, the mixers and the loss work on the valid steps only, packed: [M, ...].
-        steps = EpisodePacking(batch.filled.sum(1), batch.filled.shape[1])
+        lengths = batch.filled.sum(1)
+        # Observations 0..L of each episode (L + 1 of them) go through the agent networks; the
+        # TD errors, the mixers and the loss work on transitions 0..L-1. Both packed: [M, ...].
+        inputs = EpisodePacking(lengths + 1, batch.obs.shape[1])
+        steps = EpisodePacking(lengths, batch.filled.shape[1])
+        # The agent's previous action at step t is actions[t-1]; none (-1) at t = 0.
+        last = torch.cat([torch.full_like(batch.actions[:, :1], -1), batch.actions], dim=1)  # [B, T+1, n]
+        obs, last = inputs.pack(batch.obs), inputs.pack(last)
+        q = self.agent.forward_packed(obs, last, inputs)  # [M', n, A]
+        now = inputs.rows_of(steps.episode, steps.step)  # rows of s_t and s_{t+1} for each transition
+        after = inputs.rows_of(steps.episode, steps.step + 1)
         with torch.no_grad():
+            q_target = self.target_agent.forward_packed(obs, last, inputs).index_select(0, after)  # [M, n, A]
             avail_next = steps.pack(batch.avail, shift=1)  # [M, n, A]
-            q_next = steps.pack(q, shift=1).detach()
             if cfg.double_q:
-                best = q_next.masked_fill(~avail_next, UNAVAILABLE).argmax(-1, keepdim=True)
-                next_q = steps.pack(q_target, shift=1).gather(-1, best).squeeze(-1)  # [M, n]
+                best = q.detach().index_select(0, after).masked_fill(~avail_next, UNAVAILABLE).argmax(-1, keepdim=True)
+                next_q = q_target.gather(-1, best).squeeze(-1)  # [M, n]
             else:
-                next_q = steps.pack(q_target, shift=1).masked_fill(~avail_next, UNAVAILABLE).max(-1).values
+                next_q = q_target.masked_fill(~avail_next, UNAVAILABLE).max(-1).values
             # A dead or finished agent can have no available action at all: value it 0, not -1e10.
             next_q = next_q * avail_next.any(-1)
-        chosen = steps.pack(q).gather(-1, steps.pack(batch.actions).unsqueeze(-1)).squeeze(-1)  # [M, n]
+        chosen = q.index_select(0, now).gather(-1, steps.pack(batch.actions).unsqueeze(-1)).squeeze(-1)  # [M, n]
 
         if self.mixer is not None:
             q_tot = self.mixer(chosen, steps.pack(batch.state))  # [M]

@@ -11,8 +11,9 @@ by lookup, which is the same function without building (and, on big maps, copyin
 megabytes of) one-hot inputs.
 
 Shapes: ``obs [..., n, obs_dim]``, ``last_actions [..., n]`` int (-1 = none yet).
-The learner calls ``forward_seq_pair(obs [B, T, n, o], last [B, T, n], target, lengths)`` on whole
-episodes; acting calls ``forward_step(obs [B, n, o], last [B, n], hidden [B, n, H])``.
+The learner calls ``forward_packed(obs [M, n, o], last [M, n], packing)`` on whole episodes
+packed without padding (:class:`EpisodePacking`); acting calls
+``forward_step(obs [B, n, o], last [B, n], hidden [B, n, H])``.
 """
 
 from __future__ import annotations
@@ -53,18 +54,28 @@ class InputLayout:
 
 
 def first_layer(layout: InputLayout, fc1: nn.Linear, obs: torch.Tensor, last_actions: torch.Tensor) -> torch.Tensor:
-    """``fc1(layout.build(obs, last_actions))`` without building the one-hot parts."""
-    w, o, A = fc1.weight, layout.obs_dim, layout.n_actions
-    x = F.linear(obs.float(), w[:, :o], fc1.bias)  # [..., n, H]
-    col = o
+    """``fc1(layout.build(obs, last_actions))`` without building the one-hot parts.
+
+    The one-hot columns (previous action, agent id) and the bias are summed into one table row
+    per (previous action, agent) pair; the observation's product accumulates onto the looked-up
+    rows in the same matrix product.
+    """
+    w, o, A, H = fc1.weight, layout.obs_dim, layout.n_actions, fc1.weight.shape[0]
+    if not (layout.last_action or layout.agent_id):
+        return F.linear(obs.float(), w, fc1.bias)
+    table, index, col = fc1.bias.view(1, 1, H), 0, o
     if layout.last_action:
-        # columns of the previous action's one-hot; an all-zero row for "no action yet" (-1)
-        table = torch.cat([w[:, col: col + A].t(), w.new_zeros(1, w.shape[0])])  # [A+1, H]
-        x = x + F.embedding(torch.where(last_actions < 0, A, last_actions), table)
+        # rows for actions 0..A-1 and an all-zero row for "no action yet" (-1)
+        table = table + torch.cat([w[:, col: col + A].t(), w.new_zeros(1, H)]).unsqueeze(1)  # [A+1, 1, H]
+        index = torch.where(last_actions < 0, A, last_actions)
         col += A
     if layout.agent_id:
-        x = x + w[:, col: col + layout.n_agents].t()  # [n, H], broadcast over the leading dims
-    return x
+        n = layout.n_agents
+        table = table + w[:, col: col + n].t().unsqueeze(0)  # [., n, H]
+        index = index * n + torch.arange(n, device=obs.device)
+    rows = F.embedding(index.expand(obs.shape[:-1]), table.reshape(-1, H))  # [..., n, H]
+    x = torch.addmm(rows.view(-1, H), obs.reshape(-1, o).float(), w[:, :o].t())
+    return x.view(rows.shape)
 
 
 class AgentNetwork(nn.Module):
@@ -84,35 +95,23 @@ class AgentNetwork(nn.Module):
         return torch.zeros(batch, n_agents, self.hidden_dim, device=device)  # [B, n, H]
 
     def forward_seq(self, obs: torch.Tensor, last_actions: torch.Tensor, lengths=None) -> torch.Tensor:
-        """Whole episodes from a zero hidden state -> ``q [B, T, n, n_actions]``."""
-        return self.forward_seq_pair(obs, last_actions, None, lengths)[0]
+        """Whole episodes from a zero hidden state -> ``q [B, T, n, n_actions]``.
 
-    def forward_seq_pair(self, obs, last_actions, target: "AgentNetwork | None", lengths=None):
-        """Utilities of this network and (without gradient) of ``target`` on the same inputs.
-
-        ``lengths [B]``: valid steps of each episode (default: all ``T``); the networks run on
-        those steps only (packed, :class:`EpisodePacking`) and utilities past them are 0.
-        Returns ``(q [B, T, n, A], q_target [B, T, n, A] or None)``.
+        ``lengths [B]``: valid steps of each episode (default: all ``T``); utilities past them are 0.
         """
         B, T = obs.shape[:2]
-        if lengths is None:
-            lengths = torch.full((B,), T, device=obs.device)
-        packing = EpisodePacking(lengths, T)
-        obs, last_actions = packing.pack(obs), packing.pack(last_actions)  # [M, n, .]
-        q = packing.unpack(self._packed(obs, last_actions, packing.counts))
-        if target is None:
-            return q, None
-        with torch.no_grad():
-            return q, packing.unpack(target._packed(obs, last_actions, packing.counts))
+        packing = EpisodePacking(torch.full((B,), T, device=obs.device) if lengths is None else lengths, T)
+        return packing.unpack(self.forward_packed(packing.pack(obs), packing.pack(last_actions), packing))
 
-    def _packed(self, obs: torch.Tensor, last_actions: torch.Tensor, counts: list[int]) -> torch.Tensor:
-        x = F.relu(first_layer(self.layout, self.fc1, obs, last_actions))  # [M, n, H]
+    def forward_packed(self, obs: torch.Tensor, last_actions: torch.Tensor, packing: EpisodePacking) -> torch.Tensor:
+        """Episodes packed by ``packing`` (``obs [M, n, o]``, ``last_actions [M, n]``) -> ``q [M, n, A]``."""
+        x = F.relu(first_layer(self.layout, self.fc1, obs, last_actions), inplace=True)  # [M, n, H]
         if self.recurrent:
             rnn = self.rnn
-            x = gru_packed(x, counts, rnn.weight_ih_l0, rnn.bias_ih_l0, rnn.weight_hh_l0, rnn.bias_hh_l0)
+            x = gru_packed(x, packing.counts, rnn.weight_ih_l0, rnn.bias_ih_l0, rnn.weight_hh_l0, rnn.bias_hh_l0)
         else:
-            x = F.relu(self.fc_mid(x))
-        return self.fc2(x)  # [M, n, A]
+            x = F.relu(self.fc_mid(x), inplace=True)
+        return self.fc2(x)
 
     def forward_step(self, obs: torch.Tensor, last_actions: torch.Tensor,
                      hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -168,29 +167,20 @@ class SeparateAgentNetwork(nn.Module):
         cand = torch.tanh(i_n + r * h_n)
         return (1 - z) * cand + z * h
 
-    def forward_seq(self, obs, last_actions) -> torch.Tensor:
-        x = F.relu(self.fc1(self.layout.build(obs, last_actions)))  # [B, T, n, H]
-        B, T, n, _ = x.shape
+    def forward_packed(self, obs, last_actions, packing: EpisodePacking) -> torch.Tensor:
+        x = F.relu(self.fc1(self.layout.build(obs, last_actions)))  # [M, n, H]
         if self.recurrent:
-            gi = self.w_ih(x)  # [B, T, n, 3H], input projections for all steps at once
-            h = x.new_zeros(B, n, self.hidden_dim)
-            outs = []
-            for t in range(T):  # the recurrence itself is sequential
-                h = self._gru(gi[:, t], h)
+            gi = self.w_ih(x).split(packing.counts)  # input projections for all steps at once
+            h, outs = x.new_zeros(packing.counts[0], *x.shape[1:]), []
+            for g in gi:  # the recurrence itself is sequential; running episodes come first
+                h = self._gru(g, h[: g.shape[0]])
                 outs.append(h)
-            x = torch.stack(outs, dim=1)
+            x = torch.cat(outs)
         else:
             x = F.relu(self.fc_mid(x))
         return self.fc2(x)
 
-    def forward_seq_pair(self, obs, last_actions, target, lengths=None):
-        # Per-agent weights run on whole padded episodes (``lengths`` is not used); the learner
-        # masks the padded steps.
-        q = self.forward_seq(obs, last_actions)
-        if target is None:
-            return q, None
-        with torch.no_grad():
-            return q, target.forward_seq(obs, last_actions)
+    forward_seq = AgentNetwork.forward_seq
 
     def forward_step(self, obs, last_actions, hidden):
         x = F.relu(self.fc1(self.layout.build(obs, last_actions)))

@@ -5,12 +5,13 @@ replays hundreds of tiny operations. Here:
 
 - episodes come packed (:mod:`qmix.modules.packing`): step ``t`` is one contiguous block of
   rows, and the block shrinks as episodes end, so no work is spent on padding;
-- the input projections of all steps are one matrix product, done by the caller (autograd
-  handles it), and the reset/update halves of ``b_hh`` are folded into them;
+- the input projections of all steps are one matrix product (autograd handles it); the biases
+  are not added to that large array but applied per step: those of the r and z gates and b_hn
+  as a row of the recurrent weights (for a constant-1 column of h), b_in by one small addition;
 - ``tanh(a) = 2 sigmoid(2a) - 1``, with the factor 2 folded into the n gate's weights, because
   ``tanh`` is several times slower than ``sigmoid`` on CPUs without AVX-512;
 - the forward loop writes each step's gates into preallocated arrays (one small matrix product
-  and six element-wise operations per step); the backward pass first turns them into gradient
+  and seven element-wise operations per step); the backward pass first turns them into gradient
   factors with a few large element-wise operations (in cache-sized blocks of rows), so that its
   sequential part is three operations per step; the recurrent weight gradient is one large
   matrix product.
@@ -26,39 +27,47 @@ _BLOCK = 1 << 18  # elements per block of rows in the backward's element-wise pa
 
 
 def _scaled(w_ih, b_ih, w_hh, b_hh):
-    """The GRU's weights with b_hh's r and z parts moved into the input bias and the n gate's
-    rows doubled (so that ``sigmoid`` of the n gate's input is ``(tanh + 1) / 2``)."""
+    """The GRU's weights rearranged for :func:`_forward`, with the n gate's rows doubled (so that
+    ``sigmoid`` of the n gate's input is ``(tanh + 1) / 2``).
+
+    Returns ``w_ih [3H, in]`` (the projection has no bias), ``w_rec [H+1, 3H]``: ``W_hh^T`` with a
+    last row of biases for a constant-1 column of h (b_ih + b_hh for r and z, b_hn for n), and
+    ``b_in [H]``: the n gate's input bias, added per step.
+    """
     H = w_hh.shape[1]
     scale = torch.ones(3 * H, dtype=w_hh.dtype, device=w_hh.device)
     scale[2 * H:] = 2
-    b_in = (b_ih + torch.cat([b_hh[: 2 * H], torch.zeros_like(b_hh[2 * H:])])) * scale
-    b_rec = torch.cat([torch.zeros_like(b_hh[: 2 * H]), b_hh[2 * H:]]) * scale
-    return w_ih * scale.unsqueeze(1), b_in, (w_hh * scale.unsqueeze(1)).t(), b_rec  # w_hh as [H, 3H]
+    b_rec = torch.cat([b_ih[: 2 * H] + b_hh[: 2 * H], b_hh[2 * H:]]) * scale
+    w_rec = torch.cat([(w_hh * scale.unsqueeze(1)).t(), b_rec.unsqueeze(0)])
+    return w_ih * scale.unsqueeze(1), w_rec, b_ih[2 * H:] * 2
 
 
-def _forward(gi: torch.Tensor, w_hh_t: torch.Tensor, b_rec: torch.Tensor, rows: list[int]):
+def _forward(gi: torch.Tensor, w_rec: torch.Tensor, b_in: torch.Tensor, rows: list[int]):
     """``gi [M, 3H]``: scaled input projections, packed; ``rows``: rows per step.
 
-    Returns ``h [M, H]`` and the gates ``rz [M, 2H]``, ``gh [M, 3H]`` (the recurrent products),
-    ``n [M, H]``.
+    Returns ``h [M, H+1]`` (last column 1) and the gates ``rz [M, 2H]``, ``gh [M, 3H]`` (the
+    recurrent products with their biases), ``n [M, H]``.
     """
     M, H3 = gi.shape
     H = H3 // 3
-    out, rz, gh, n = (gi.new_empty(M, d) for d in (H, 2 * H, H3, H))
+    out, rz, gh, n = (gi.new_empty(M, d) for d in (H + 1, 2 * H, H3, H))
+    out[:, H] = 1
     # Every array cut into its per-step blocks up front (one call each, not one per step).
     g_rz, g_n = gi[:, : 2 * H].split(rows), gi[:, 2 * H:].split(rows)
     gh_t, gh_rz, gh_n = gh.split(rows), gh[:, : 2 * H].split(rows), gh[:, 2 * H:].split(rows)
     rz_t, r_t, z_t = rz.split(rows), rz[:, :H].split(rows), rz[:, H:].split(rows)
-    n_t, out_t = n.split(rows), out.split(rows)
+    n_t, out_t, h_t = n.split(rows), out.split(rows), out[:, :H].split(rows)
     neg_one = gi.new_tensor(-1.0)
-    h = gi.new_zeros(rows[0], H)
+    h = gi.new_zeros(rows[0], H + 1)
+    h[:, H] = 1
     for t, m in enumerate(rows):
         h = h[:m]  # the episodes still running are the first rows of the last step
-        torch.addmm(b_rec, h, w_hh_t, out=gh_t[t])  # W_hh h (+ b_hn)
+        torch.mm(h, w_rec, out=gh_t[t])  # W_hh h + biases
         torch.add(g_rz[t], gh_rz[t], out=rz_t[t]).sigmoid_()
-        torch.addcmul(g_n[t], r_t[t], gh_n[t], out=n_t[t]).sigmoid_()
+        torch.addcmul(g_n[t], r_t[t], gh_n[t], out=n_t[t]).add_(b_in).sigmoid_()
         torch.add(neg_one, n_t[t], alpha=2, out=n_t[t])  # tanh of the n gate's input
-        h = torch.lerp(n_t[t], h, z_t[t], out=out_t[t])  # (1 - z) n + z h
+        torch.lerp(n_t[t], h[:, :H], z_t[t], out=h_t[t])  # (1 - z) n + z h
+        h = out_t[t]
     return out, (rz, gh, n)
 
 
@@ -72,23 +81,25 @@ def _previous_rows(counts: list[int], device) -> torch.Tensor:
 
 class _GRUPacked(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, gi, w_hh_t, b_rec, counts):
-        out, gates = _forward(gi, w_hh_t, b_rec, counts)
-        ctx.save_for_backward(w_hh_t, out, *gates)
+    def forward(ctx, gi, w_rec, b_in, counts):
+        out, gates = _forward(gi, w_rec, b_in, counts)
+        ctx.save_for_backward(w_rec, out, *gates)
         ctx.counts = counts
-        return out
+        return out[:, :-1]
 
     @staticmethod
     def backward(ctx, d_out):
-        w_hh_t, out, rz, gh, n = ctx.saved_tensors
+        w_rec, out, rz, gh, n = ctx.saved_tensors
         counts = ctx.counts
-        M, H = out.shape
-        h_prev = torch.cat([out.new_zeros(counts[0], H), out.index_select(0, _previous_rows(counts, out.device))])
+        M, H = d_out.shape
+        first = out.new_zeros(counts[0], H + 1)
+        first[:, H] = 1
+        h_prev = torch.cat([first, out.index_select(0, _previous_rows(counts, out.device))])  # [M, H+1]
         # Per row: d(gates) = dh * factors, with dh the gradient of that step's output h.
         #   a = n gate's (scaled) input, dn/da = (1 - n^2) / 2    -> fa = (1 - z)(1 - n^2) / 2
         #   d(reset pre-activation)  = dh * fa * hn * r (1 - r)
         #   d(update pre-activation) = dh * (h_prev - n) * z (1 - z)
-        #   d(W_hn h + b_hn)         = dh * fa * r;   d(n gate's input projection) = dh * fa
+        #   d(W_hn h + b_hn)         = dh * fa * r;   d(n gate's input) = dh * fa
         f = out.new_empty(M, 4, H)  # [reset, update, hn, n-input] factors
         one = out.new_tensor(1.0)
         block = max(1, _BLOCK // H)
@@ -99,9 +110,9 @@ class _GRUPacked(torch.autograd.Function):
             fa = torch.addcmul(one, n_, n_, value=-1, out=f_[:, 3]).mul_(one_minus_z).mul_(0.5)
             torch.mul(fa, r, out=f_[:, 2])
             torch.mul(f_[:, 2], gh[s, 2 * H:], out=f_[:, 0]).mul_(1 - r)
-            torch.sub(h_prev[s], n_, out=f_[:, 1]).mul_(z).mul_(one_minus_z)
+            torch.sub(h_prev[s, :H], n_, out=f_[:, 1]).mul_(z).mul_(one_minus_z)
         dh = d_out.contiguous().clone()  # becomes the gradient of each step's h through all later steps
-        w = w_hh_t.t()  # [3H, H]
+        w = w_rec[:H].t()  # W_hh [3H, H]
         d_gh = out.new_empty(M, 3, H)
         dh_t, dh3_t, z_t = dh.split(counts), dh.unsqueeze(1).split(counts), rz[:, H:].split(counts)
         d_gh_t, d_gh2_t, f_t = d_gh.split(counts), d_gh.view(M, 3 * H).split(counts), f[:, :3].split(counts)
@@ -110,10 +121,9 @@ class _GRUPacked(torch.autograd.Function):
             dh_t[t][: counts[t + 1]].addcmul_(dh_t[t + 1], z_t[t + 1]).addmm_(d_gh2_t[t + 1], w)
         torch.mul(dh3_t[0], f_t[0], out=d_gh_t[0])
         d_gh = d_gh.view(M, 3 * H)
-        d_w = h_prev.t() @ d_gh  # [H, 3H]
-        d_b = d_gh.sum(0)
-        torch.mul(dh, f[:, 3], out=d_gh[:, 2 * H:])  # now the gradient of the input projections
-        return d_gh, d_w, d_b, None
+        d_w = h_prev.t() @ d_gh  # [H+1, 3H], the bias row included
+        d_n = torch.mul(dh, f[:, 3], out=d_gh[:, 2 * H:])  # now the gradient of the input projections
+        return d_gh, d_w, d_n.sum(0), None
 
 
 def gru_packed(x: torch.Tensor, counts: list[int], w_ih: torch.Tensor, b_ih: torch.Tensor,
@@ -125,13 +135,13 @@ def gru_packed(x: torch.Tensor, counts: list[int], w_ih: torch.Tensor, b_ih: tor
     of an ``nn.GRU`` layer -> ``[M, ..., H]``.
     """
     rows_per_episode = x[0].numel() // x.shape[-1]
-    w_ih, b_in, w_hh_t, b_rec = _scaled(w_ih, b_ih, w_hh, b_hh)
-    gi = torch.nn.functional.linear(x, w_ih, b_in).reshape(-1, w_ih.shape[0])  # all steps at once
+    w_ih, w_rec, b_in = _scaled(w_ih, b_ih, w_hh, b_hh)
+    gi = torch.nn.functional.linear(x, w_ih).reshape(-1, w_ih.shape[0])  # all steps at once
     rows = [c * rows_per_episode for c in counts]
-    if torch.is_grad_enabled() and (gi.requires_grad or w_hh_t.requires_grad):
-        out = _GRUPacked.apply(gi, w_hh_t, b_rec, rows)
+    if torch.is_grad_enabled() and (gi.requires_grad or w_rec.requires_grad):
+        out = _GRUPacked.apply(gi, w_rec, b_in, rows)
     else:
-        out = _forward(gi, w_hh_t, b_rec, rows)[0]
+        out = _forward(gi, w_rec, b_in, rows)[0][:, :-1]
     return out.view(*x.shape[:-1], -1)
 
 

@@ -29,18 +29,28 @@ class QMixer(nn.Module):
         self.hyper_b1 = nn.Linear(state_dim, embed_dim)
         self.hyper_v = nn.Sequential(nn.Linear(state_dim, embed_dim), nn.ReLU(), nn.Linear(embed_dim, 1))
 
+    def hypernets(self, state: torch.Tensor) -> list[torch.Tensor]:
+        """Outputs of hyper_w1, hyper_w_final, hyper_b1, hyper_v for ``state [N, S]``.
+
+        The four first layers read the same state: they run as one matrix product.
+        """
+        nets = (self.hyper_w1, self.hyper_w_final, self.hyper_b1, self.hyper_v)
+        firsts = [net[0] if isinstance(net, nn.Sequential) else net for net in nets]
+        weight = torch.cat([layer.weight for layer in firsts])
+        bias = torch.cat([layer.bias for layer in firsts])
+        outs = F.linear(state, weight, bias).split([layer.out_features for layer in firsts], -1)
+        return [net[1:](x) if isinstance(net, nn.Sequential) else x for net, x in zip(nets, outs)]
+
     def forward(self, agent_qs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         """``agent_qs [..., n]``, ``state [..., state_dim]`` -> ``q_tot [...]``."""
         lead = agent_qs.shape[:-1]
         qs = agent_qs.reshape(-1, self.n_agents, 1)  # [N, n, 1]
-        s = state.reshape(-1, state.shape[-1])  # [N, S]
-        w1 = self.hyper_w1(s).abs().view(-1, self.n_agents, self.embed_dim)  # [N, n, E], >= 0
-        b1 = self.hyper_b1(s)  # [N, E]
+        w1, w_final, b1, v = self.hypernets(state.reshape(-1, state.shape[-1]))
+        w1 = w1.abs().view(-1, self.n_agents, self.embed_dim)  # [N, n, E], >= 0
         # (1 x n) @ (n x E) per row, as a broadcast product: far faster than bmm at these sizes.
         hidden = F.elu((qs * w1).sum(1) + b1)  # [N, E]
-        w_final = self.hyper_w_final(s).abs()  # [N, E], >= 0
-        v = self.hyper_v(s).squeeze(-1)  # [N], V(s)
-        return ((hidden * w_final).sum(-1) + v).view(lead)
+        # w_final >= 0; v: V(s)
+        return ((hidden * w_final.abs()).sum(-1) + v.squeeze(-1)).view(lead)
 
 
 class VDNMixer(nn.Module):

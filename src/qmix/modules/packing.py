@@ -33,6 +33,12 @@ class EpisodePacking:
         index = self.index if x.shape[1] == self.T and not shift else self.episode * x.shape[1] + self.step + shift
         return x.reshape(self.B * x.shape[1], *x.shape[2:]).index_select(0, index)
 
+    def rows_of(self, episode: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+        """Packed rows of valid ``(episode, step)`` pairs."""
+        position = torch.empty(self.B * self.T, dtype=torch.long, device=self.index.device)
+        position[self.index] = torch.arange(self.rows, device=self.index.device)
+        return position[episode * self.T + step]
+
     def unpack(self, y: torch.Tensor) -> torch.Tensor:
         """``[M, ...]`` -> ``[B, T, ...]``, zeros where padded (differentiable)."""
         out = y.new_zeros(self.B * self.T, *y.shape[1:])
