@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ARGS = ["--env", "matrix:two-step", "--seed", "3", "t_max=6000", "checkpoint_interval=500",
-        "test_interval=500", "log_interval=500", "use_tensorboard=false"]
+        "test_interval=500", "log_interval=500", "use_tensorboard=false", "torch_threads=1"]
 
 
 def qmix(*args, **kw):

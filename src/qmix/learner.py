@@ -74,6 +74,17 @@ def td_targets(reward: torch.Tensor, terminated: torch.Tensor, filled: torch.Ten
     return ret + gamma ** steps_left * boot
 
 
+def make_optimizer(cfg, params: list) -> torch.optim.Optimizer:
+    """RMSprop or Adam as configured; Adam's fused kernel where this torch has it (CPU and CUDA,
+    torch >= 2.4), RMSprop's multi-tensor one: fewer, larger operations per step."""
+    if cfg.optimizer == "adam":
+        try:
+            return torch.optim.Adam(params, lr=cfg.lr, eps=cfg.optim_eps, fused=True)
+        except (RuntimeError, TypeError, ValueError):
+            return torch.optim.Adam(params, lr=cfg.lr, eps=cfg.optim_eps, foreach=True)
+    return torch.optim.RMSprop(params, lr=cfg.lr, alpha=cfg.optim_alpha, eps=cfg.optim_eps, foreach=True)
+
+
 class Learner:
     """Owns the online and target networks and the optimiser."""
 
@@ -82,10 +93,7 @@ class Learner:
         self.target_agent = copy.deepcopy(agent).requires_grad_(False)
         self.target_mixer = copy.deepcopy(mixer).requires_grad_(False) if mixer is not None else None
         self.params = list(agent.parameters()) + (list(mixer.parameters()) if mixer is not None else [])
-        if cfg.optimizer == "adam":
-            self.optimizer = torch.optim.Adam(self.params, lr=cfg.lr, eps=cfg.optim_eps)
-        else:
-            self.optimizer = torch.optim.RMSprop(self.params, lr=cfg.lr, alpha=cfg.optim_alpha, eps=cfg.optim_eps)
+        self.optimizer = make_optimizer(cfg, self.params)
         self.updates = 0
 
     def loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, dict]:
