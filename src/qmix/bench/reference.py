@@ -4,6 +4,9 @@ The agent is ``fc -> GRUCell -> fc`` stepped in a Python loop over the T+1 time 
 the online and once for the target network; the mixer is applied per batch; double-Q target,
 masked TD loss, RMSprop, gradient-norm clipping, float32. It computes the same loss and gradients
 as :class:`qmix.learner.Learner` (a test checks this), only the way of computing differs.
+
+:class:`PlainLearner` is our :class:`~qmix.learner.Learner` with only its loss computed this plain
+way, on the same modules, for training runs that compare learning curves.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from torch import nn
 
 from qmix.buffer import EpisodeBatch
 from qmix.controller import UNAVAILABLE
+from qmix.learner import Learner
+from qmix.modules.agents import AgentNetwork
 
 
 class CellAgent(nn.Module):
@@ -86,3 +91,75 @@ class ReferenceLearner:
         torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_norm_clip)
         self.optimizer.step()
         return loss.detach()
+
+
+class PlainLearner(Learner):
+    """:class:`Learner` whose loss is computed the plain pymarl way, on the same modules.
+
+    Optimiser, target networks, ``update`` and ``state_dict`` are the Learner's. The loss works on
+    padded ``[B, T+1]`` episodes: concatenated one-hot inputs through the full ``fc1``, the GRU
+    cell (or ``fc_mid``) stepped in a Python loop over every step, padding included, the mixer on
+    all ``[B, T]`` rows, 1-step targets, and the Learner's mask. Shared-parameter agents only.
+    """
+
+    def __init__(self, cfg, agent: torch.nn.Module, mixer: torch.nn.Module | None, n_actions: int):
+        if not isinstance(agent, AgentNetwork):
+            raise ValueError(f"PlainLearner needs a shared-parameter AgentNetwork, got {type(agent).__name__} "
+                             "(separate_agent_params=true is not supported).")
+        if cfg.n_step != 1 or cfg.td_lambda > 0:
+            raise ValueError(f"PlainLearner computes 1-step targets only; got n_step={cfg.n_step}, "
+                             f"td_lambda={cfg.td_lambda}.")
+        super().__init__(cfg, agent, mixer, n_actions)
+
+    @staticmethod
+    def _unroll(net: AgentNetwork, obs: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        """``obs [B, T+1, n, o]``, ``last [B, T+1, n]`` -> ``q [B, T+1, n, A]``, one step at a time."""
+        B, T1, n, _ = obs.shape
+        h = obs.new_zeros(B * n, net.hidden_dim)
+        outs = []
+        for t in range(T1):
+            x = F.relu(net.fc1(net.layout.build(obs[:, t], last[:, t]))).reshape(B * n, -1)
+            if net.recurrent:
+                rnn = net.rnn
+                x = h = torch.gru_cell(x, h, rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
+            else:
+                x = F.relu(net.fc_mid(x))
+            outs.append(net.fc2(x).view(B, n, -1))
+        return torch.stack(outs, dim=1)
+
+    def loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, dict]:
+        cfg = self.cfg
+        last = torch.cat([torch.full_like(batch.actions[:, :1], -1), batch.actions], dim=1)  # [B, T+1, n]
+        q = self._unroll(self.agent, batch.obs, last)  # [B, T+1, n, A]
+        chosen = q[:, :-1].gather(3, batch.actions.unsqueeze(3)).squeeze(3)  # [B, T, n]
+        with torch.no_grad():
+            q_target = self._unroll(self.target_agent, batch.obs, last)[:, 1:]
+            avail = batch.avail[:, 1:]
+            if cfg.double_q:
+                best = q[:, 1:].detach().masked_fill(~avail, UNAVAILABLE).argmax(3, keepdim=True)
+                next_q = q_target.gather(3, best).squeeze(3)
+            else:
+                next_q = q_target.masked_fill(~avail, UNAVAILABLE).max(3).values
+            next_q = next_q * avail.any(-1)  # [B, T, n]
+        if self.mixer is not None:
+            q_tot = self.mixer(chosen, batch.state[:, :-1])  # [B, T]
+            with torch.no_grad():
+                next_tot = self.target_mixer(next_q, batch.state[:, 1:])
+        else:
+            q_tot, next_tot = chosen, next_q  # IQL: [B, T, n]
+        mask = batch.filled.clone()
+        mask[:, 1:] &= ~batch.terminated[:, :-1]
+        reward, cont, mask = batch.reward, (~batch.terminated).float(), mask.float()
+        if q_tot.dim() == 3:
+            reward, cont, mask = reward.unsqueeze(-1), cont.unsqueeze(-1), mask.unsqueeze(-1).expand_as(q_tot)
+        y = reward + cfg.gamma * cont * next_tot
+        td_error = (q_tot - y) * mask
+        n_valid = mask.sum().clamp(min=1)
+        loss = (td_error ** 2).sum() / n_valid
+        stats = {
+            "loss": loss.detach(),
+            "td_error_abs": td_error.abs().sum().detach() / n_valid,
+            "q_taken_mean": (q_tot * mask).sum().detach() / n_valid,
+            "target_mean": (y * mask).sum().detach() / n_valid,
+        }
+        return loss, stats
