@@ -74,6 +74,20 @@ def td_targets(reward: torch.Tensor, terminated: torch.Tensor, filled: torch.Ten
     return ret + gamma ** steps_left * boot
 
 
+def masked_td_loss(q_tot: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """Mean squared TD error over the valid entries (``mask`` 1) and the logged statistics."""
+    td_error = (q_tot - y) * mask
+    n_valid = mask.sum().clamp(min=1)
+    loss = (td_error ** 2).sum() / n_valid
+    stats = {
+        "loss": loss.detach(),
+        "td_error_abs": td_error.abs().sum().detach() / n_valid,
+        "q_taken_mean": (q_tot * mask).sum().detach() / n_valid,
+        "target_mean": (y * mask).sum().detach() / n_valid,
+    }
+    return loss, stats
+
+
 def make_optimizer(cfg, params: list) -> torch.optim.Optimizer:
     """RMSprop or Adam as configured; Adam's fused kernel where this torch has it (CPU and CUDA,
     torch >= 2.4), RMSprop's multi-tensor one: fewer, larger operations per step."""
@@ -138,16 +152,7 @@ class Learner:
         mask = steps.pack(mask).to(q_tot.dtype)
         if q_tot.dim() == 2:
             mask = mask.unsqueeze(-1).expand_as(q_tot)
-        td_error = (q_tot - y) * mask
-        n_valid = mask.sum().clamp(min=1)
-        loss = (td_error ** 2).sum() / n_valid
-        stats = {
-            "loss": loss.detach(),
-            "td_error_abs": td_error.abs().sum().detach() / n_valid,
-            "q_taken_mean": (q_tot * mask).sum().detach() / n_valid,
-            "target_mean": (y * mask).sum().detach() / n_valid,
-        }
-        return loss, stats
+        return masked_td_loss(q_tot, y, mask)
 
     def update(self, batch: EpisodeBatch) -> dict:
         loss, stats = self.loss(batch)

@@ -17,7 +17,7 @@ from torch import nn
 
 from qmix.buffer import EpisodeBatch
 from qmix.controller import UNAVAILABLE
-from qmix.learner import Learner
+from qmix.learner import Learner, masked_td_loss
 from qmix.modules.agents import AgentNetwork
 
 
@@ -153,13 +153,4 @@ class PlainLearner(Learner):
         if q_tot.dim() == 3:
             reward, cont, mask = reward.unsqueeze(-1), cont.unsqueeze(-1), mask.unsqueeze(-1).expand_as(q_tot)
         y = reward + cfg.gamma * cont * next_tot
-        td_error = (q_tot - y) * mask
-        n_valid = mask.sum().clamp(min=1)
-        loss = (td_error ** 2).sum() / n_valid
-        stats = {
-            "loss": loss.detach(),
-            "td_error_abs": td_error.abs().sum().detach() / n_valid,
-            "q_taken_mean": (q_tot * mask).sum().detach() / n_valid,
-            "target_mean": (y * mask).sum().detach() / n_valid,
-        }
-        return loss, stats
+        return masked_td_loss(q_tot, y, mask)
