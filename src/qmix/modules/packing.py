@@ -23,6 +23,7 @@ class EpisodePacking:
         self.episode, self.step = order[j], t  # of each packed row
         self.index = self.episode * T + t  # packed row -> row of the [B * T] batch
         self.counts = [c for c in valid.sum(1).tolist() if c > 0]  # rows per step
+        self._position = None
 
     @property
     def rows(self) -> int:
@@ -35,9 +36,10 @@ class EpisodePacking:
 
     def rows_of(self, episode: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
         """Packed rows of valid ``(episode, step)`` pairs."""
-        position = torch.empty(self.B * self.T, dtype=torch.long, device=self.index.device)
-        position[self.index] = torch.arange(self.rows, device=self.index.device)
-        return position[episode * self.T + step]
+        if self._position is None:  # packed row of every batch row (garbage where padded)
+            self._position = torch.empty(self.B * self.T, dtype=torch.long, device=self.index.device)
+            self._position[self.index] = torch.arange(self.rows, device=self.index.device)
+        return self._position[episode * self.T + step]
 
     def unpack(self, y: torch.Tensor) -> torch.Tensor:
         """``[M, ...]`` -> ``[B, T, ...]``, zeros where padded (differentiable)."""
