@@ -37,6 +37,8 @@ CASES = [
     (["train", "--bogus-flag"], "unrecognized arguments"),
     (["evaluate", "/nonexistent/run"], "does not exist"),
     (["train", "--resume", "/nonexistent/run"], "no config.yaml"),
+    (["bench", "learner", "lr=3"], "apply to qmix bench train only"),
+    (["bench", "train", "vmas-spread", "bogus_key=1"], "unknown config key 'bogus_key'"),
 ]
 
 

@@ -3,7 +3,7 @@
     qmix bench learner [--scenario 3m,27m_vs_30m]      # one update: ours vs the pymarl-style reference
     qmix bench env micro:2s3z --num-envs 1,64,1024     # environment steps/s with random valid actions
     qmix bench act micro:3m --num-envs 1,64            # acting (network + env) steps/s
-    qmix bench train lbf-epymarl [--steps N]           # whole training loop on a named config
+    qmix bench train lbf-epymarl [--steps N] [key=value ...]   # whole training loop on a named config
 """
 
 from __future__ import annotations
@@ -97,13 +97,16 @@ def bench_act(env_id: str, num_envs_list: list[int], steps: int, device: str, se
     return rows
 
 
-def bench_train(name: str, steps: int | None, device: str, seed: int) -> dict:
+def bench_train(name: str, steps: int | None, device: str, seed: int, extra: dict | None = None) -> dict:
     from qmix.config import resolve
     from qmix.trainer import Trainer
 
     if name not in TRAIN_SCENARIOS:
         raise QmixError(f"unknown train scenario {name!r}; known: {', '.join(TRAIN_SCENARIOS)}.")
     alg, env_id, overrides, default_steps = TRAIN_SCENARIOS[name]
+    overrides = dict(overrides)
+    for k, v in (extra or {}).items():  # the user's overrides win; env_args are merged
+        overrides[k] = {**overrides.get(k, {}), **v} if k == "env_args" else v
     steps = steps or default_steps
     cfg = resolve({"alg": alg, "env": env_id, "seed": seed, "device": device, "t_max": steps,
                    "progress": False, "use_tensorboard": False, "checkpoint_interval": 0, **overrides})
@@ -146,6 +149,8 @@ def register(sub, commands: dict) -> None:
     p.add_argument("what", choices=["learner", "env", "act", "train"])
     p.add_argument("target", nargs="?", default=None,
                    help="env id (env, act) or scenario name (train: " + ", ".join(TRAIN_SCENARIOS) + ")")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="train: config overrides on top of the scenario's, e.g. num_envs=256")
     p.add_argument("--scenario", default="3m,27m_vs_30m", help="learner shapes: 3m, 8m, 27m_vs_30m")
     p.add_argument("--num-envs", default="1,64,1024")
     p.add_argument("--steps", type=int, default=None, help="env steps to time (env, act, train)")
@@ -159,6 +164,9 @@ def register(sub, commands: dict) -> None:
 
 
 def _cmd_bench(args) -> int:
+    stray = args.overrides or ([args.target] if args.target and "=" in args.target else [])
+    if stray and args.what != "train":
+        raise QmixError(f"config overrides ({stray[0]}, ...) apply to qmix bench train only.")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     info = machine()
@@ -194,7 +202,9 @@ def _cmd_bench(args) -> int:
     else:
         if not args.target:
             raise QmixError(f"qmix bench train needs a scenario: {', '.join(TRAIN_SCENARIOS)}.")
-        rows = [bench_train(args.target, args.steps, args.device, args.seed)]
+        from qmix.config import parse_overrides
+
+        rows = [bench_train(args.target, args.steps, args.device, args.seed, parse_overrides(args.overrides))]
         _print_rows(rows)
     if args.json:
         with open(args.json, "w") as f:
