@@ -1,7 +1,6 @@
 """Every user error: one line on stderr, exit code 2, no traceback, nothing destroyed."""
 
 import json
-from pathlib import Path
 
 import pytest
 

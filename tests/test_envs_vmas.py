@@ -12,7 +12,7 @@ warnings.filterwarnings("ignore", module="vmas")
 
 import qmix  # noqa: E402
 from qmix.errors import QmixError  # noqa: E402
-from envcheck import rollout, same  # noqa: E402
+from envcheck import rollout  # noqa: E402
 
 
 def test_balance_batch_shapes_and_time_limit():

@@ -1,14 +1,12 @@
 """A run interrupted by SIGTERM and resumed logs exactly what an uninterrupted run logs."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import pytest
 
 ARGS = ["--env", "matrix:two-step", "--seed", "3", "t_max=6000", "checkpoint_interval=500",
         "test_interval=500", "log_interval=500", "use_tensorboard=false", "torch_threads=1"]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 
-from qmix.errors import QmixError
 
 EPILOG_SWEEP = """\
 A sweep file names a base config and a grid; every cell is an ordinary `qmix train` run:

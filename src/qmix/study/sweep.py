@@ -692,7 +692,7 @@ def run_sweep(sweep_file: str, *, study_dir: str | None = None, address: str | N
                 for t in queue:
                     states[t.id] = "stopped"
                 queue = []
-                board.event(f"qmix sweep: stopping; the running trials write a checkpoint and exit ...")
+                board.event("qmix sweep: stopping; the running trials write a checkpoint and exit ...")
             while queue and len(in_flight) < executor.limit:
                 t = queue.pop(0)
                 spec = {"id": t.id, "alg": t.alg, "env": t.env, "seed": t.seed, "run_dir": str(study.run_dir(t)),
@@ -756,7 +756,7 @@ def run_sweep(sweep_file: str, *, study_dir: str | None = None, address: str | N
     for f in failed:
         print(f"  failed: {f['id']} (exit {f['returncode']}): {f['error'] or 'no output'} (log: {f['log']})", flush=True)
     if interrupted["flag"]:
-        print(f"qmix sweep: stopped; run the same command again to resume.", flush=True)
+        print("qmix sweep: stopped; run the same command again to resume.", flush=True)
     elif not failed:
         print(f"qmix sweep: all trials finished; next: qmix plot {study.dir} and qmix report {study.dir}", flush=True)
     return summary

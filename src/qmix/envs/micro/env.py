@@ -280,7 +280,7 @@ class MicroEnv(BatchedEnv):
 
     # ------------------------------------------------------------------ reset
     def reset(self, mask: torch.Tensor | None = None):
-        B, U, A = self.num_envs, self.n_units, self.n_agents
+        B, U = self.num_envs, self.n_units
         if mask is None:
             mask = torch.ones(B, dtype=torch.bool, device=self.device)
         m1, m2 = mask[:, None], mask[:, None, None]

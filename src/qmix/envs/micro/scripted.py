@@ -24,7 +24,7 @@ def focus_fire_actions(env: MicroEnv, avail: torch.Tensor | None = None) -> torc
     """Every agent attacks the enemy with the least HP + shield among those it may attack;
     with none in range it steps toward the nearest living enemy. A medivac heals the most
     damaged ally it may heal, else stops. Dead agents no-op."""
-    A, U = env.n_agents, env.n_units
+    A = env.n_agents
     if avail is None:
         avail = env.avail_actions()
     alive = env.hp > 0  # [B, U]
