@@ -39,15 +39,10 @@ def _add_train(sub):
 
 
 def _cmd_train(args) -> int:
-    from qmix.config import load_yaml_file, parse_overrides
+    from qmix.config import load_yaml_file, merge_config, parse_overrides
     from qmix.trainer import train
 
-    overrides = load_yaml_file(args.config) if args.config else {}
-    for k, v in parse_overrides(args.overrides).items():
-        if k == "env_args" and isinstance(overrides.get(k), dict):
-            overrides[k] = {**overrides[k], **v}
-        else:
-            overrides[k] = v
+    overrides = merge_config(load_yaml_file(args.config) if args.config else {}, parse_overrides(args.overrides))
     for key in ("alg", "env", "seed", "device"):
         value = getattr(args, key)
         if value is not None:

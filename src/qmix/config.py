@@ -251,7 +251,8 @@ def load_yaml_file(path: str) -> dict:
     return data
 
 
-def _merge(base: dict, update: dict) -> dict:
+def merge_config(base: dict, update: dict) -> dict:
+    """``base`` updated by ``update``; ``env_args`` mappings are merged key by key."""
     out = dict(base)
     for k, v in update.items():
         if k == "env_args" and isinstance(v, dict) and isinstance(out.get(k), dict):
@@ -292,10 +293,10 @@ def resolve(overrides: dict | None = None, base: dict | None = None) -> Config:
             raise QmixError(f"alg must be a string; got {alg!r}.")
         if not isinstance(env, str):
             raise QmixError(f"env must be a string; got {env!r}.")
-        merged = _merge(_merge(alg_preset(alg), env_preset(env)), overrides)
+        merged = merge_config(merge_config(alg_preset(alg), env_preset(env)), overrides)
         merged["alg"], merged["env"] = alg, env
     else:
-        merged = _merge(base, overrides)
+        merged = merge_config(base, overrides)
     return from_dict(merged)
 
 

@@ -98,15 +98,13 @@ def bench_act(env_id: str, num_envs_list: list[int], steps: int, device: str, se
 
 
 def bench_train(name: str, steps: int | None, device: str, seed: int, extra: dict | None = None) -> dict:
-    from qmix.config import resolve
+    from qmix.config import merge_config, resolve
     from qmix.trainer import Trainer
 
     if name not in TRAIN_SCENARIOS:
         raise QmixError(f"unknown train scenario {name!r}; known: {', '.join(TRAIN_SCENARIOS)}.")
     alg, env_id, overrides, default_steps = TRAIN_SCENARIOS[name]
-    overrides = dict(overrides)
-    for k, v in (extra or {}).items():  # the user's overrides win; env_args are merged
-        overrides[k] = {**overrides.get(k, {}), **v} if k == "env_args" else v
+    overrides = merge_config(overrides, extra or {})  # the user's overrides win; env_args are merged
     steps = steps or default_steps
     cfg = resolve({"alg": alg, "env": env_id, "seed": seed, "device": device, "t_max": steps,
                    "progress": False, "use_tensorboard": False, "checkpoint_interval": 0, **overrides})

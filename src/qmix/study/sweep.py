@@ -35,7 +35,7 @@ from pathlib import Path
 
 import yaml
 
-from qmix.config import nest_dotted
+from qmix.config import merge_config, nest_dotted
 from qmix.errors import QmixError
 
 GRID_AXES = ("alg", "env", "seed")
@@ -167,8 +167,7 @@ def load_sweep(path: str | os.PathLike, study_dir: str | os.PathLike | None = No
     if not isinstance(extra, dict):
         raise QmixError(f"{where}: 'base' must be a mapping of config keys.")
     extra = nest_dotted(extra, where)
-    for k, v in extra.items():
-        base[k] = {**base[k], **v} if k == "env_args" and isinstance(base.get(k), dict) else v
+    base = merge_config(base, extra)
     clash = sorted(set(base) & set(GRID_AXES))
     if clash:
         raise QmixError(f"{where}: {', '.join(clash)} belong in the grid, not in the base config.")
