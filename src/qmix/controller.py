@@ -10,22 +10,22 @@ UNAVAILABLE = -1e10
 
 def masked_argmax(q: torch.Tensor, avail: torch.Tensor) -> torch.Tensor:
     """Greedy action among the available ones: ``q [..., A]``, ``avail [..., A]`` bool -> ``[...]``."""
-    return q.masked_fill(~avail, UNAVAILABLE).argmax(-1)
+    return torch.where(avail, q, UNAVAILABLE).argmax(-1)
 
 
 def epsilon_greedy(q: torch.Tensor, avail: torch.Tensor, epsilon: float, generator: torch.Generator | None) -> torch.Tensor:
     """Per agent: a uniformly random available action with probability epsilon, else greedy.
 
     ``q [B, n, A]``, ``avail [B, n, A]`` bool -> actions ``[B, n]`` int64. Unavailable actions are
-    never chosen. Draws its randomness from ``generator`` only (resumable).
+    never chosen. Draws its randomness from ``generator`` only (resumable): one uniform draw per
+    agent decides whether it explores, and the explorer takes the argmax of uniform noise over its
+    available actions (a uniform choice among them).
     """
-    greedy = masked_argmax(q, avail)
     if epsilon <= 0.0:
-        return greedy
-    noise = torch.rand(q.shape, device=q.device, generator=generator)  # [B, n, A]
-    random_action = noise.masked_fill(~avail, -1.0).argmax(-1)  # uniform over available actions
-    explore = torch.rand(q.shape[:-1], device=q.device, generator=generator) < epsilon
-    return torch.where(explore, random_action, greedy)
+        return masked_argmax(q, avail)
+    noise = torch.rand(*q.shape[:-1], q.shape[-1] + 1, device=q.device, generator=generator)  # [B, n, A+1]
+    explore = noise[..., -1:] < epsilon  # [B, n, 1]
+    return masked_argmax(torch.where(explore, noise[..., :-1], q), avail)
 
 
 class EpsilonSchedule:

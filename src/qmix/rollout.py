@@ -58,19 +58,22 @@ class Runner:
         self.last_actions = torch.full((B, n), -1, dtype=torch.long, device=dev)
         self.hidden = agent.initial_hidden(B, n, dev)
         self._rows = torch.arange(B, device=dev)
+        self._first_row = self._rows * T1  # flat row of each copy's step 0 in the [B * (T+1)] staging
+        self._now = None  # (obs, avail) each copy acts on next: the env's last answer
         self.started = False
         self.timing: dict[str, float] = defaultdict(float)  # seconds spent: act, env, store
 
     def start(self) -> None:
         obs, state, avail = self.env.reset()
-        self._write_obs(self._rows, obs, state, avail)
+        self._write_obs(self._first_row + self.t, obs, state, avail)
+        self._now = (obs, avail)
         self.started = True
 
-    def _write_obs(self, rows, obs, state, avail) -> None:
-        t = self.t[rows]
-        self.obs[rows, t] = obs[rows]
-        self.state[rows, t] = state[rows]
-        self.avail[rows, t] = avail[rows]
+    def _write_obs(self, flat, obs, state, avail) -> None:
+        """Write the observations of the copies at staging rows ``flat`` (into ``[B * (T+1)]``)."""
+        self.obs.view(-1, *self.obs.shape[2:]).index_copy_(0, flat, obs)
+        self.state.view(-1, self.state.shape[-1]).index_copy_(0, flat, state)
+        self.avail.view(-1, *self.avail.shape[2:]).index_copy_(0, flat, avail)
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, avail: torch.Tensor, epsilon: float) -> torch.Tensor:
@@ -82,23 +85,28 @@ class Runner:
         if not self.started:
             self.start()
         done = FinishedEpisodes()
-        rows = self._rows
+        if self._now is None:  # restored from a checkpoint: read the current step back
+            self._now = (self.obs[self._rows, self.t], self.avail[self._rows, self.t])
+        T = self.reward.shape[1]
+        actions_flat, reward_flat = self.actions.view(-1, self.n_agents), self.reward.view(-1)
+        terminated_flat = self.terminated.view(-1)
         clock, timing = time.perf_counter, self.timing
         for _ in range(steps):
             t0 = clock()
-            t = self.t
-            obs, avail = self.obs[rows, t], self.avail[rows, t]
+            obs, avail = self._now
             actions = self.act(obs, avail, epsilon)
             t1 = clock()
             res = self.env.step(actions)
             t2 = clock()
-            self.actions[rows, t] = actions
-            self.reward[rows, t] = res.reward
-            self.terminated[rows, t] = res.terminated
+            step = self._rows * T + self.t  # flat index of each copy's step t in [B * T]
+            actions_flat.index_copy_(0, step, actions)
+            reward_flat.index_copy_(0, step, res.reward)
+            terminated_flat.index_copy_(0, step, res.terminated)
             self.ep_return += res.reward
             self.last_actions = actions
-            self.t = t + 1
-            self._write_obs(rows, res.obs, res.state, res.avail)
+            self.t += 1
+            self._write_obs(self._first_row + self.t, res.obs, res.state, res.avail)
+            self._now = (res.obs, res.avail)
             ended = res.terminated | res.truncated
             if ended.any():
                 done.extend(self._finish(ended, res.info, buffer))
@@ -128,7 +136,8 @@ class Runner:
         self.last_actions[idx] = -1
         self.hidden[idx] = 0
         obs, state, avail = self.env.reset(ended)
-        self._write_obs(idx, obs, state, avail)
+        self._write_obs(self._first_row[idx], obs[idx], state[idx], avail[idx])
+        self._now = (obs, avail)  # every copy's current observation, the reset ones included
         return out
 
     def run_episodes(self, n_episodes: int, epsilon: float) -> FinishedEpisodes:
@@ -169,6 +178,7 @@ class Runner:
                  "last_actions", "hidden")} | {"started": self.started}
 
     def load_state_dict(self, data: dict) -> None:
+        self._now = None
         for k, v in data.items():
             if k == "started":
                 self.started = v

@@ -253,6 +253,7 @@ class VectorEnv(BatchedEnv):
         self.info = info = first.info
         self.num_envs = num_envs
         self.device = torch.device(device)
+        self._on_cpu = self.device.type == "cpu"
         self.time_limit = info.episode_limit
         self.timeout = float(worker_timeout)
         B, n, d, a = num_envs, info.n_agents, info.obs_dim, info.n_actions
@@ -320,12 +321,9 @@ class VectorEnv(BatchedEnv):
         self._avail[i] = avail
 
     def _tensors(self):
-        dev = self.device
-        return (
-            torch.from_numpy(self._obs.copy()).to(dev),
-            torch.from_numpy(self._state.copy()).to(dev),
-            torch.from_numpy(self._avail.copy()).to(dev),
-        )
+        out = (torch.from_numpy(self._obs.copy()), torch.from_numpy(self._state.copy()),
+               torch.from_numpy(self._avail.copy()))
+        return out if self._on_cpu else tuple(x.to(self.device) for x in out)
 
     # -- BatchedEnv -------------------------------------------------------------------------
 
@@ -352,28 +350,31 @@ class VectorEnv(BatchedEnv):
         terminated = np.zeros(B, bool)
         truncated = np.zeros(B, bool)
         infos = {k: np.zeros(B, np.float32) for k in self.info.info_keys}
-        active = np.flatnonzero(~self._ended).tolist()
-        results = self._run("step", {i: acts[i] for i in active})
-        for i, (obs, state, avail, r, term, trunc, info) in results.items():
+        active = np.flatnonzero(~self._ended).tolist() if self._ended.any() else range(B)
+        if self._workers:
+            results = self._run("step", {i: acts[i] for i in active}).items()
+        else:
+            results = ((i, self._envs[i].step(acts[i])) for i in active)
+        steps, limit = self._t, self.time_limit
+        for i, (obs, state, avail, r, term, trunc, info) in results:
             self._store(i, obs, state, avail)
-            self._t[i] += 1
+            steps[i] += 1
             reward[i] = r
-            term = bool(term)
-            terminated[i] = term
-            truncated[i] = (not term) and (bool(trunc) or self._t[i] >= self.time_limit)
+            if term:
+                terminated[i] = True
+            elif trunc or steps[i] >= limit:
+                truncated[i] = True
             for k, v in info.items():
                 if k in infos:
                     infos[k][i] = v
         self._ended |= terminated | truncated
-        dev = self.device
         obs, state, avail = self._tensors()
-        return StepResult(
-            obs, state, avail,
-            torch.from_numpy(reward).to(dev),
-            torch.from_numpy(terminated).to(dev),
-            torch.from_numpy(truncated).to(dev),
-            {k: torch.from_numpy(v).to(dev) for k, v in infos.items()},
-        )
+        out = [torch.from_numpy(a) for a in (reward, terminated, truncated)]
+        info_t = {k: torch.from_numpy(v) for k, v in infos.items()}
+        if not self._on_cpu:
+            out = [x.to(self.device) for x in out]
+            info_t = {k: v.to(self.device) for k, v in info_t.items()}
+        return StepResult(obs, state, avail, *out, info_t)
 
     def get_state(self):
         """Deep copy of every copy (for checkpoints mid-episode); impossible with worker processes

@@ -1,0 +1,81 @@
+"""Acting and staging: epsilon-greedy choices, and the episodes the runner hands to the buffer are
+exactly what the environment produced, step by step, for every copy."""
+
+import torch
+
+from qmix.buffer import EpisodeBuffer
+from qmix.config import resolve
+from qmix.controller import epsilon_greedy, masked_argmax
+from qmix.envs.registry import make
+from qmix.modules.agents import build_agent
+from qmix.rollout import Runner
+
+
+def test_epsilon_greedy_never_picks_unavailable_and_explores_uniformly():
+    g = torch.Generator().manual_seed(0)
+    q = torch.tensor([[[5.0, 1.0, 0.0, 3.0]]]).expand(20000, 1, 4)
+    avail = torch.tensor([True, False, True, True]).expand(20000, 1, 4)
+    greedy = epsilon_greedy(q, avail, 0.0, g)
+    assert (greedy == 0).all()
+    masked = masked_argmax(q, torch.tensor([False, True, True, True]).expand(20000, 1, 4))
+    assert (masked == 3).all()
+    uniform = epsilon_greedy(q, avail, 1.0, g).flatten()
+    counts = torch.bincount(uniform, minlength=4).float() / uniform.numel()
+    assert counts[1] == 0
+    assert torch.allclose(counts[[0, 2, 3]], torch.full((3,), 1 / 3), atol=0.02)
+    half = epsilon_greedy(q, avail, 0.5, g).flatten()
+    share = (half == 0).float().mean()  # greedy half + a third of the explorers
+    assert abs(share - (0.5 + 0.5 / 3)) < 0.02
+
+
+class Recorder:
+    """A real batched env that remembers everything it returned, per copy."""
+
+    def __init__(self, env):
+        self.env, self.info, self.num_envs, self.device = env, env.info, env.num_envs, env.device
+        self.log = [[] for _ in range(env.num_envs)]  # per copy: list of episodes (list of dicts)
+
+    def reset(self, mask=None):
+        obs, state, avail = self.env.reset(mask)
+        for i in range(self.num_envs):
+            if mask is None or mask[i]:
+                self.log[i].append([{"obs": obs[i].clone(), "state": state[i].clone(), "avail": avail[i].clone()}])
+        return obs, state, avail
+
+    def step(self, actions):
+        res = self.env.step(actions)
+        for i in range(self.num_envs):
+            ep = self.log[i][-1]
+            if "reward" in ep[-1]:
+                continue  # this copy's episode already ended: it is not stepped
+            ep[-1].update(action=actions[i].clone(), reward=float(res.reward[i]), terminated=bool(res.terminated[i]))
+            ep.append({"obs": res.obs[i].clone(), "state": res.state[i].clone(), "avail": res.avail[i].clone()})
+            if res.terminated[i] or res.truncated[i]:
+                ep[-1]["reward"] = None  # marks the end
+        return res
+
+
+def test_runner_stages_exactly_what_the_env_returned():
+    cfg = resolve({"env": "micro:3m"})
+    env = Recorder(make("micro:3m", num_envs=3, seed=4))
+    info = env.info
+    agent = build_agent(cfg, info.obs_dim, info.n_agents, info.n_actions)
+    buffer = EpisodeBuffer(64, info.episode_limit, info.n_agents, info.obs_dim, info.state_dim,
+                           info.n_actions, torch.device("cpu"))
+    runner = Runner(cfg, env, agent, torch.Generator().manual_seed(0))
+    finished = runner.collect(150, epsilon=0.5, buffer=buffer)
+    assert len(finished) >= 3 and buffer.episodes_in == len(finished)
+    ended = [iter([ep for ep in log if ep[-1].get("reward", 0) is None]) for log in env.log]
+    for e, (copy, length) in enumerate(zip(finished.copies, finished.lengths)):
+        episode = next(ended[copy])  # each copy's episodes finish in order
+        assert len(episode) - 1 == length == int(buffer.length[e])
+        for t, step in enumerate(episode):
+            assert torch.equal(buffer.obs[e, t], step["obs"])
+            assert torch.equal(buffer.state[e, t], step["state"])
+            assert torch.equal(buffer.avail[e, t], step["avail"])
+            if t < length:
+                assert torch.equal(buffer.actions[e, t].long(), step["action"])
+                assert buffer.reward[e, t] == torch.tensor(step["reward"], dtype=torch.float32)
+                assert bool(buffer.terminated[e, t]) == step["terminated"]
+        assert (buffer.obs[e, length + 1:] == 0).all() and (buffer.actions[e, length:] == 0).all()
+        assert abs(finished.returns[e] - sum(s["reward"] for s in episode[:-1])) < 1e-4
