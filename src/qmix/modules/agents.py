@@ -58,7 +58,8 @@ def first_layer(layout: InputLayout, fc1: nn.Linear, obs: torch.Tensor, last_act
 
     The one-hot columns (previous action, agent id) and the bias are summed into one table row
     per (previous action, agent) pair; the observation's product accumulates onto the looked-up
-    rows in the same matrix product.
+    rows in the same matrix product. With the agent id alone (no previous action) the table has
+    one row per agent, added by broadcasting.
     """
     w, o, A, H = fc1.weight, layout.obs_dim, layout.n_actions, fc1.weight.shape[0]
     if not (layout.last_action or layout.agent_id):
