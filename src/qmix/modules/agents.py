@@ -74,7 +74,7 @@ def first_layer(layout: InputLayout, fc1: nn.Linear, obs: torch.Tensor, last_act
         n = layout.n_agents
         table = table + w[:, col: col + n].t().unsqueeze(0)  # [., n, H]
         if not layout.last_action:  # one row per agent: a broadcast addition, no lookup
-            return F.linear(obs.float(), w[:, :o]).add_(table[0])
+            return F.linear(obs.float(), w[:, :o]) + table[0]
         index = index * n + torch.arange(n, device=obs.device)
     rows = F.embedding(index.expand(obs.shape[:-1]), table.reshape(-1, H))  # [..., n, H]
     x = torch.addmm(rows.view(-1, H), obs.reshape(-1, o).float(), w[:, :o].t())
