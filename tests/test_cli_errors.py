@@ -112,3 +112,19 @@ def test_evaluate_json_contract(capsys, tmp_path):
     for name in ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints/latest"):
         assert (run_dir / name).exists(), name
     assert list(run_dir.glob("events.*")) == []  # tensorboard was switched off
+
+
+def test_runs_of_earlier_versions_still_load(tmp_path):
+    """A key an earlier version wrote into config.yaml and that changed nothing (``compile``) is
+    dropped on resume; typed by a user, it is an error."""
+    import yaml
+
+    from qmix.config import resolve, to_yaml
+    from qmix.errors import QmixError
+    from qmix.trainer import load_run_config
+
+    data = yaml.safe_load(to_yaml(resolve({"env": "matrix:two-step"})))
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({**data, "compile": False}))
+    assert load_run_config(tmp_path).env == "matrix:two-step"
+    with pytest.raises(QmixError, match="unknown config key 'compile'"):
+        resolve({"compile": True})

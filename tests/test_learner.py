@@ -133,3 +133,36 @@ def test_lambda_one_step_limit_matches_one_step():
     a = td_targets(r, term, filled, v, 0.9, td_lambda=1e-9)
     b = td_targets(r, term, filled, v, 0.9)
     assert torch.allclose(a[filled], b[filled], atol=1e-6)
+
+
+def test_standardised_rewards_track_the_running_mean_and_variance():
+    from qmix.learner import RewardStats
+
+    g = torch.Generator().manual_seed(0)
+    stats = RewardStats()
+    first = 3 + 2 * torch.randn(32, 50, generator=g)
+    stats.update(first)  # the initial count (1e-4) weighs almost nothing
+    assert abs(stats.mean - float(first.mean())) < 1e-3 and abs(stats.var - float(first.var())) < 1e-3
+    for _ in range(200):
+        stats.update(3 + 2 * torch.randn(32, 50, generator=g))
+    assert abs(stats.mean - 3) < 0.02 and abs(stats.var - 4) < 0.05
+    scaled = stats.standardise(3 + 2 * torch.randn(32, 50, generator=g))
+    assert abs(float(scaled.mean())) < 0.05 and abs(float(scaled.std()) - 1) < 0.05
+
+
+def test_standardise_rewards_changes_the_targets_and_survives_a_checkpoint():
+    B, T, n, A = 2, 3, 2, 2
+    q = torch.zeros(B, T + 1, n, A)
+    batch = batch_of(T, n, A, [[[0, 0]] * T] * B, [[1.0, 0.0, 2.0], [0.0, 4.0, 1.0]],
+                     [[False] * T] * B, [[True] * T] * B)
+    plain = make_learner(q, q)
+    scaled = make_learner(q, q, standardise_rewards=True)
+    stats = plain.update(batch)
+    assert torch.isclose(stats["target_mean"], batch.reward.mean())  # zero utilities: y = r
+    s = scaled.update(batch)
+    r = batch.reward
+    expected = (r - r.mean()) / r.var().sqrt()  # first batch: the statistics are its own
+    assert torch.isclose(s["target_mean"], expected.mean(), atol=1e-3)
+    restored = make_learner(q, q, standardise_rewards=True)
+    restored.load_state_dict(scaled.state_dict())
+    assert restored.reward_stats.state_dict() == scaled.reward_stats.state_dict()

@@ -64,7 +64,7 @@ class Config:
     td_lambda: float = 0.0  # TD(lambda) targets when > 0 (pymarl2 uses 0.6)
     target_update_interval: int = 200  # hard target copy every this many episodes
     target_update_tau: float = 0.0  # > 0: soft (Polyak) target update after every learner step
-    compile: bool = False  # torch.compile the learner's networks where supported
+    standardise_rewards: bool = False  # rewards standardised by running mean/std (epymarl's option)
 
     # --- exploration ---
     epsilon_start: float = 1.0  # exploration at step 0
@@ -298,6 +298,15 @@ def resolve(overrides: dict | None = None, base: dict | None = None) -> Config:
     else:
         merged = merge_config(base, overrides)
     return from_dict(merged)
+
+
+# Keys that earlier versions wrote into run configs and checkpoints, and that had no effect.
+RETIRED_KEYS = ("compile",)
+
+
+def from_stored(data: dict) -> Config:
+    """The config of a run directory or checkpoint written by this or an earlier version."""
+    return from_dict({k: v for k, v in data.items() if k not in RETIRED_KEYS})
 
 
 def from_dict(data: dict) -> Config:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from qmix import checkpoint as ckpt
-from qmix.config import from_dict
+from qmix.config import from_stored
 from qmix.controller import masked_argmax
 from qmix.envs import make
 from qmix.errors import QmixError
@@ -21,7 +21,7 @@ def load_policy(path: str, device: str = "cpu"):
     """(config, agent network) from a run directory or checkpoint."""
     state = ckpt.load(path)
     try:
-        cfg = from_dict(state["config"])
+        cfg = from_stored(state["config"])
     except QmixError as e:
         raise QmixError(f"the checkpoint's config is invalid: {e}") from None
     info = state["env_info"]

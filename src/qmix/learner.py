@@ -19,6 +19,7 @@ each episode, packed into one array (:mod:`qmix.modules.packing`).
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import torch
 import torch.nn.functional as F
@@ -99,6 +100,34 @@ def make_optimizer(cfg, params: list) -> torch.optim.Optimizer:
     return torch.optim.RMSprop(params, lr=cfg.lr, alpha=cfg.optim_alpha, eps=cfg.optim_eps, foreach=True)
 
 
+class RewardStats:
+    """Running mean and variance of the rewards of every sampled batch (Chan et al.'s parallel
+    update), as epymarl's ``standardise_rewards``: each batch updates the statistics with all its
+    ``B x T`` entries (steps past an episode's end, reward 0, included), then its rewards become
+    ``(r - mean) / sqrt(var)``."""
+
+    def __init__(self):
+        self.mean, self.var, self.count = 0.0, 1.0, 1e-4
+
+    def update(self, reward: torch.Tensor) -> None:
+        flat = reward.detach().reshape(-1).double()
+        n = flat.numel()
+        batch_mean = float(flat.mean())
+        batch_var = float(flat.var()) if n > 1 else 0.0  # unbiased, as torch.var
+        delta, total = batch_mean - self.mean, self.count + n
+        m2 = self.var * self.count + batch_var * n + delta ** 2 * self.count * n / total
+        self.mean, self.var, self.count = self.mean + delta * n / total, m2 / total, total
+
+    def standardise(self, reward: torch.Tensor) -> torch.Tensor:
+        return (reward - self.mean) / max(self.var, 1e-12) ** 0.5
+
+    def state_dict(self) -> dict:
+        return {"mean": self.mean, "var": self.var, "count": self.count}
+
+    def load_state_dict(self, data: dict) -> None:
+        self.mean, self.var, self.count = data["mean"], data["var"], data["count"]
+
+
 class Learner:
     """Owns the online and target networks and the optimiser."""
 
@@ -109,6 +138,7 @@ class Learner:
         self.params = list(agent.parameters()) + (list(mixer.parameters()) if mixer is not None else [])
         self.optimizer = make_optimizer(cfg, self.params)
         self.updates = 0
+        self.reward_stats = RewardStats() if cfg.standardise_rewards else None
 
     def loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, dict]:
         cfg = self.cfg
@@ -155,6 +185,9 @@ class Learner:
         return masked_td_loss(q_tot, y, mask)
 
     def update(self, batch: EpisodeBatch) -> dict:
+        if self.reward_stats is not None:
+            self.reward_stats.update(batch.reward)
+            batch = dataclasses.replace(batch, reward=self.reward_stats.standardise(batch.reward))
         loss, stats = self.loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -188,6 +221,7 @@ class Learner:
             "target_mixer": self.target_mixer.state_dict() if self.mixer is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "updates": self.updates,
+            "reward_stats": self.reward_stats.state_dict() if self.reward_stats is not None else None,
         }
 
     def load_state_dict(self, data: dict) -> None:
@@ -198,3 +232,5 @@ class Learner:
             self.target_mixer.load_state_dict(data["target_mixer"])
         self.optimizer.load_state_dict(data["optimizer"])
         self.updates = data["updates"]
+        if self.reward_stats is not None and data.get("reward_stats") is not None:
+            self.reward_stats.load_state_dict(data["reward_stats"])

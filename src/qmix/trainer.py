@@ -25,7 +25,7 @@ import torch
 
 from qmix import checkpoint as ckpt
 from qmix.buffer import EpisodeBuffer
-from qmix.config import Config, from_dict, resolve, to_yaml
+from qmix.config import Config, from_stored, resolve, to_yaml
 from qmix.controller import EpsilonSchedule
 from qmix.envs import make
 from qmix.errors import QmixError
@@ -465,7 +465,7 @@ def load_run_config(run_dir: Path) -> Config:
         raise QmixError(f"{path} is not valid YAML; the run cannot be resumed.") from None
     if not isinstance(data, dict):
         raise QmixError(f"{path} does not hold a config mapping.")
-    return from_dict(data)
+    return from_stored(data)
 
 
 def train(alg: str = "qmix", env: str = "micro:3m", seed: int = 1, out: str | None = None,
