@@ -104,28 +104,31 @@ class RewardStats:
     """Running mean and variance of the rewards of every sampled batch (Chan et al.'s parallel
     update), as epymarl's ``standardise_rewards``: each batch updates the statistics with all its
     ``B x T`` entries (steps past an episode's end, reward 0, included), then its rewards become
-    ``(r - mean) / sqrt(var)``."""
+    ``(r - mean) / sqrt(var)``. Kept as tensors on the rewards' device (no host sync)."""
 
     def __init__(self):
-        self.mean, self.var, self.count = 0.0, 1.0, 1e-4
+        self.mean, self.var, self.count = torch.zeros(()), torch.ones(()), 1e-4
 
     def update(self, reward: torch.Tensor) -> None:
         flat = reward.detach().reshape(-1).double()
         n = flat.numel()
-        batch_mean = float(flat.mean())
-        batch_var = float(flat.var()) if n > 1 else 0.0  # unbiased, as torch.var
-        delta, total = batch_mean - self.mean, self.count + n
-        m2 = self.var * self.count + batch_var * n + delta ** 2 * self.count * n / total
-        self.mean, self.var, self.count = self.mean + delta * n / total, m2 / total, total
+        mean, var = self.mean.to(flat), self.var.to(flat)
+        batch_var = flat.var() if n > 1 else torch.zeros_like(mean)  # unbiased, as torch.var
+        delta, total = flat.mean() - mean, self.count + n
+        m2 = var * self.count + batch_var * n + delta.square() * (self.count * n / total)
+        self.mean, self.var, self.count = mean + delta * (n / total), m2 / total, total
 
     def standardise(self, reward: torch.Tensor) -> torch.Tensor:
-        return (reward - self.mean) / max(self.var, 1e-12) ** 0.5
+        mean, var = self.mean.to(reward), self.var.to(reward)
+        return (reward - mean) / var.clamp(min=1e-12).sqrt()
 
     def state_dict(self) -> dict:
-        return {"mean": self.mean, "var": self.var, "count": self.count}
+        return {"mean": float(self.mean), "var": float(self.var), "count": self.count}
 
     def load_state_dict(self, data: dict) -> None:
-        self.mean, self.var, self.count = data["mean"], data["var"], data["count"]
+        self.mean = torch.tensor(data["mean"], dtype=torch.float64)
+        self.var = torch.tensor(data["var"], dtype=torch.float64)
+        self.count = data["count"]
 
 
 class Learner:
