@@ -12,7 +12,8 @@ differences are the ones the docs name.
 Runs `qmix train` once per seed (one thread each) and, with --epymarl, epymarl's `src/main.py`
 with the same budget and seeds. Prints a markdown table of greedy test returns per test step
 (ours from the run's metrics.jsonl, epymarl from its sacred info.json) and the wall time of
-each process, and writes the same as JSON beside the runs (OUT/FAMILY.json).
+each process (of a reused epymarl run: sacred's start to stop), and writes the same as JSON
+beside the runs (OUT/FAMILY.json).
 """
 
 import argparse
@@ -121,7 +122,7 @@ def table(results: list[dict], interval: int = 50000) -> str:
             hit = [v for t, v in r["tests"] if t // interval == row]
             cells.append(f"{hit[0]:.3f}" if hit else "-")
         lines.append(f"| {row * interval // 1000}k | " + " | ".join(cells) + " |")
-    lines.append("| wall time (whole process) | "
+    lines.append("| wall time | "
                  + " | ".join(f"{r['wall_s'] / 60:.1f} min" for r in results) + " |")
     return "\n".join(lines)
 

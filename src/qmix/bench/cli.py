@@ -26,13 +26,13 @@ TRAIN_SCENARIOS = {
     "micro-3m": ("qmix", "micro:3m", {}, 50_000),
     # epymarl's QMIX settings for LBF (MLP agents, Adam, 2-layer hypernets, one env, one update
     # per episode, batch 32, buffer 5000, target every 200 episodes, 100 test episodes per 50k,
-    # rewards standardised).
+    # rewards standardised, every action available as its gym wrapper reports).
     "lbf-epymarl": ("qmix", "lbf:Foraging-8x8-2p-3f-v3", {
         "agent": "mlp", "obs_last_action": False, "hypernet_layers": 2, "optimizer": "adam", "lr": 5e-4,
         "standardise_rewards": True,
         "batch_size": 32, "buffer_size": 5000, "num_envs": 1, "episodes_per_update": 1,
         "target_update_interval": 200, "epsilon_anneal_steps": 50_000, "test_interval": 50_000,
-        "test_episodes": 100, "env_args": {"time_limit": 50}}, 100_000),
+        "test_episodes": 100, "env_args": {"time_limit": 50, "avail_masks": False}}, 100_000),
     # JaxMARL's QMIX update-to-data ratio on a natively batched task: one update of 32 episodes per
     # 8 finished episodes of 25 steps (~208 env steps per update, as its 8 envs x 26 steps).
     "vmas-spread": ("qmix", "vmas:simple_spread", {
