@@ -143,6 +143,28 @@ def test_time_limit_truncates_and_terminal_terminates():
     assert (kinds > 0).all()
 
 
+class PerAgentFlags(LineGather):
+    """Reports its end flags per agent, as a dict (some multi-agent Gymnasium envs do)."""
+
+    def step(self, actions):
+        obs, rewards, terminated, truncated, info = super().step(actions)
+        return obs, rewards, {i: terminated for i in range(self.n_agents)}, \
+            {i: truncated for i in range(self.n_agents)}, info
+
+
+gym.register("PerAgentFlags-v0", entry_point=PerAgentFlags, max_episode_steps=20)
+
+
+def test_per_agent_end_flags_end_the_episode_only_when_all_are_set():
+    plain = qmix.envs.make("gym:LineGather-v0", num_envs=8, seed=3, time_limit=6)
+    flags = qmix.envs.make("gym:PerAgentFlags-v0", num_envs=8, seed=3, time_limit=6)
+    plain.reset(), flags.reset()
+    for _ in range(6):
+        stay = torch.zeros(8, 2, dtype=torch.long)
+        a, b = plain.step(stay), flags.step(stay)
+        assert torch.equal(a.terminated, b.terminated) and torch.equal(a.truncated, b.truncated)
+
+
 def test_ended_copies_keep_final_obs_and_reset_mask():
     env = qmix.envs.make("gym:LineGather-v0", num_envs=4, seed=1, time_limit=2)
     env.reset()

@@ -76,6 +76,18 @@ def _flatten_fn(space) -> tuple[Callable[[Any], np.ndarray], int]:
     return functools.partial(_flatten_space, space), int(spaces.flatdim(space))
 
 
+def _every(flags) -> bool:
+    """One end flag from a library's: a bool as is, per-agent flags (list, tuple, dict, array)
+    only when every agent's is set."""
+    if isinstance(flags, dict):
+        flags = flags.values()
+    elif isinstance(flags, np.ndarray):
+        return bool(flags.all())
+    if isinstance(flags, (bool, np.bool_, int, np.integer)):
+        return bool(flags)
+    return all(bool(f) for f in flags)
+
+
 def _flatten_box(x) -> np.ndarray:
     return np.asarray(x, dtype=np.float32).reshape(-1)
 
@@ -242,8 +254,7 @@ class GymCopy(SingleEnv):
         obs, rewards, terminated, truncated, info = self.env.step(acts)
         obs, state, avail = self._observe(obs, info)
         reward = team_reward(rewards, self.how)
-        term = bool(np.all(terminated))
-        trunc = bool(np.all(truncated))
+        term, trunc = _every(terminated), _every(truncated)
         out_info = {}
         if self.info_keys and isinstance(info, dict):
             for k in self.info_keys:
