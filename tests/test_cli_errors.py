@@ -128,3 +128,16 @@ def test_runs_of_earlier_versions_still_load(tmp_path):
     assert load_run_config(tmp_path).env == "matrix:two-step"
     with pytest.raises(QmixError, match="unknown config key 'compile'"):
         resolve({"compile": True})
+
+
+def test_bench_train_reports_rates_and_costs(capsys, tmp_path):
+    out = tmp_path / "bench.json"
+    code, _, err = run(capsys, ["bench", "train", "micro-3m", "test_episodes=0", "batch_size=2",
+                                "--steps", "800", "--threads", "1", "--json", str(out)])
+    assert code == 0, err
+    row = json.loads(out.read_text())["results"][0]
+    assert row["steps"] >= 800 and row["steps_per_s"] > 0
+    for key in ("act_us_per_step", "env_us_per_step", "store_us_per_step", "learn_ms_per_update",
+                "time_env_pct", "peak_rss_mib"):
+        assert row[key] >= 0, key
+    assert row["learn_ms_per_update"] > 0 and row["updates"] > 0
