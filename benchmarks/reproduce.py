@@ -22,6 +22,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 # Epymarl's README command for each family: (qmix env id, epymarl env key, time limit).
@@ -95,7 +96,6 @@ def _finished_epymarl_run(runs: Path, seed: int, steps: int, limit: int) -> Path
 
 
 def _seconds(stamp: str) -> float:
-    from datetime import datetime
     return datetime.fromisoformat(stamp).timestamp()
 
 
