@@ -320,10 +320,13 @@ class VectorEnv(BatchedEnv):
         self._state[i] = state
         self._avail[i] = avail
 
+    def _torch(self, *arrays: np.ndarray) -> list[torch.Tensor]:
+        """NumPy arrays as tensors on ``device`` (shared memory on the CPU, no extra copy)."""
+        out = [torch.from_numpy(a) for a in arrays]
+        return out if self._on_cpu else [x.to(self.device) for x in out]
+
     def _tensors(self):
-        out = (torch.from_numpy(self._obs.copy()), torch.from_numpy(self._state.copy()),
-               torch.from_numpy(self._avail.copy()))
-        return out if self._on_cpu else tuple(x.to(self.device) for x in out)
+        return tuple(self._torch(self._obs.copy(), self._state.copy(), self._avail.copy()))
 
     # -- BatchedEnv -------------------------------------------------------------------------
 
@@ -369,12 +372,8 @@ class VectorEnv(BatchedEnv):
                     infos[k][i] = v
         self._ended |= terminated | truncated
         obs, state, avail = self._tensors()
-        out = [torch.from_numpy(a) for a in (reward, terminated, truncated)]
-        info_t = {k: torch.from_numpy(v) for k, v in infos.items()}
-        if not self._on_cpu:
-            out = [x.to(self.device) for x in out]
-            info_t = {k: v.to(self.device) for k, v in info_t.items()}
-        return StepResult(obs, state, avail, *out, info_t)
+        reward_t, terminated_t, truncated_t, *info_t = self._torch(reward, terminated, truncated, *infos.values())
+        return StepResult(obs, state, avail, reward_t, terminated_t, truncated_t, dict(zip(infos, info_t)))
 
     def get_state(self):
         """Deep copy of every copy (for checkpoints mid-episode); impossible with worker processes
