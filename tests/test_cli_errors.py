@@ -36,7 +36,10 @@ CASES = [
     (["train", "--bogus-flag"], "unrecognized arguments"),
     (["evaluate", "/nonexistent/run"], "does not exist"),
     (["train", "--resume", "/nonexistent/run"], "no config.yaml"),
-    (["bench", "learner", "lr=3"], "apply to qmix bench train only"),
+    (["bench", "learner", "lr=3"], "apply to qmix bench train, env and act only"),
+    (["bench", "env", "micro:3m", "lr=3"], "takes env args only (env_args.NAME=value), not lr=3"),
+    (["bench", "env", "env_args.compile=true"], "needs an env id"),
+    (["bench", "env", "micro:3m", "env_args.bogus=1"], "bogus"),
     (["bench", "train", "vmas-spread", "bogus_key=1"], "unknown config key 'bogus_key'"),
 ]
 
@@ -133,7 +136,7 @@ def test_runs_of_earlier_versions_still_load(tmp_path):
 def test_bench_train_reports_rates_and_costs(capsys, tmp_path):
     out = tmp_path / "bench.json"
     code, _, err = run(capsys, ["bench", "train", "micro-3m", "test_episodes=0", "batch_size=2",
-                                "--steps", "800", "--threads", "1", "--json", str(out)])
+                                "env_args.compile=false", "--steps", "800", "--threads", "1", "--json", str(out)])
     assert code == 0, err
     row = json.loads(out.read_text())["results"][0]
     assert row["steps"] >= 800 and row["steps_per_s"] > 0

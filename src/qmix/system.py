@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import sys
+import warnings
+from typing import Callable
+
+import torch
 
 _done = False
 
@@ -32,3 +37,44 @@ def configure_allocator() -> bool:
     _done = bool(mallopt(M_MMAP_THRESHOLD, 1 << 30) and mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1)
                  and mallopt(M_TOP_PAD, 64 << 20))
     return _done
+
+
+def compile_methods(obj: object, names: tuple[str, ...], what: str) -> None:
+    """Replace the methods ``names`` of ``obj`` by ``torch.compile`` d ones (static shapes).
+
+    Compiling happens at each method's first call (and again for a new shape). If a compiled call
+    raises and the uncompiled method does not on the same arguments (no C++ compiler, a platform
+    or torch version the compiler does not support), one warning names ``what`` and all the
+    methods go back to running uncompiled. An error of the method itself is raised as usual.
+    """
+    eager = {name: getattr(obj, name) for name in names}
+    try:
+        compiled = {name: torch.compile(fn, dynamic=False) for name, fn in eager.items()}
+    except Exception as e:  # torch.compile unavailable here
+        _warn_uncompiled(what, e)
+        return
+
+    def guarded(name: str) -> Callable:
+        fn = eager[name]
+
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            try:
+                return compiled[name](*args, **kwargs)
+            except Exception as e:
+                out = fn(*args, **kwargs)  # the method's own errors propagate from here
+                for n in names:  # every method back to the class's own
+                    obj.__dict__.pop(n, None)
+                _warn_uncompiled(what, e)
+                return out
+
+        return call
+
+    for name in names:
+        setattr(obj, name, guarded(name))
+
+
+def _warn_uncompiled(what: str, error: Exception) -> None:
+    reason = (str(error).strip().splitlines() or [""])[0][:200]
+    warnings.warn(f"{what}: torch.compile failed ({type(error).__name__}: {reason}); running uncompiled.",
+                  RuntimeWarning, stacklevel=3)

@@ -74,7 +74,8 @@ def peak_memory_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def bench_act(env_id: str, num_envs_list: list[int], steps: int, device: str, seed: int) -> list[dict]:
+def bench_act(env_id: str, num_envs_list: list[int], steps: int, device: str, seed: int,
+              env_args: dict | None = None) -> list[dict]:
     from qmix.config import resolve
     from qmix.envs import make
     from qmix.modules import build_agent
@@ -82,7 +83,7 @@ def bench_act(env_id: str, num_envs_list: list[int], steps: int, device: str, se
 
     rows = []
     for B in num_envs_list:
-        cfg = resolve({"alg": "qmix", "env": env_id})
+        cfg = resolve({"alg": "qmix", "env": env_id, "env_args": env_args or {}})
         env = make(env_id, num_envs=B, seed=seed, device=device, **cfg.env_args)
         info = env.info
         agent = build_agent(cfg, info.obs_dim, info.n_agents, info.n_actions).to(device)
@@ -153,7 +154,8 @@ def register(sub, commands: dict) -> None:
     p.add_argument("target", nargs="?", default=None,
                    help="env id (env, act) or scenario name (train: " + ", ".join(TRAIN_SCENARIOS) + ")")
     p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="train: config overrides on top of the scenario's, e.g. num_envs=256")
+                   help="train: config overrides on top of the scenario's, e.g. num_envs=256; "
+                        "env, act: env args, e.g. env_args.compile=true")
     p.add_argument("--scenario", default="3m,27m_vs_30m", help="learner shapes: 3m, 8m, 27m_vs_30m")
     p.add_argument("--num-envs", default="1,64,1024")
     p.add_argument("--steps", type=int, default=None, help="env steps to time (env, act, train)")
@@ -168,8 +170,15 @@ def register(sub, commands: dict) -> None:
 
 def _cmd_bench(args) -> int:
     stray = args.overrides or ([args.target] if args.target and "=" in args.target else [])
-    if stray and args.what != "train":
-        raise QmixError(f"config overrides ({stray[0]}, ...) apply to qmix bench train only.")
+    if stray and args.what == "learner":
+        raise QmixError(f"config overrides ({stray[0]}, ...) apply to qmix bench train, env and act only.")
+    if args.what in ("env", "act"):
+        not_env = [o for o in stray if not o.startswith("env_args.")]
+        if not_env:
+            raise QmixError(f"qmix bench {args.what} takes env args only (env_args.NAME=value), not {not_env[0]}.")
+        from qmix.config import parse_overrides
+
+        env_args = parse_overrides(args.overrides).get("env_args", {})
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     info = machine()
@@ -191,16 +200,17 @@ def _cmd_bench(args) -> int:
     elif args.what == "env":
         from qmix.bench.env import run_env_bench
 
-        if not args.target:
+        if not args.target or "=" in args.target:
             raise QmixError("qmix bench env needs an env id, e.g. qmix bench env micro:2s3z.")
         env_steps = args.steps or 20_000  # per batch size, counted in steps of single battles
         rows = [row for B in _ints(args.num_envs)
-                for row in run_env_bench(args.target, [B], max(10, env_steps // B), args.device, args.seed)]
+                for row in run_env_bench(args.target, [B], max(10, env_steps // B), args.device, args.seed,
+                                         env_args=env_args)]
         _print_rows(rows)
     elif args.what == "act":
-        if not args.target:
+        if not args.target or "=" in args.target:
             raise QmixError("qmix bench act needs an env id, e.g. qmix bench act micro:3m.")
-        rows = bench_act(args.target, _ints(args.num_envs), args.steps or 20_000, args.device, args.seed)
+        rows = bench_act(args.target, _ints(args.num_envs), args.steps or 20_000, args.device, args.seed, env_args)
         _print_rows(rows)
     else:
         if not args.target:

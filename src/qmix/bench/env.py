@@ -16,15 +16,16 @@ def _random_valid_actions(avail: torch.Tensor) -> torch.Tensor:
 
 
 def run_env_bench(env_id: str, num_envs_list: list[int], steps: int, device: str, seed: int,
-                  warmup: int = 5) -> list[dict]:
-    """Step ``env_id`` with random valid actions for ``steps`` steps at each batch size.
+                  warmup: int = 5, env_args: dict | None = None) -> list[dict]:
+    """Step ``env_id`` (built with ``env_args``) with random valid actions for ``steps`` steps at
+    each batch size, after ``warmup`` untimed steps (which also compile what compiles).
 
     Ended copies are reset with a mask, as in a real rollout. Returns one row per batch size:
     ``{"env", "num_envs", "steps", "seconds", "env_steps_per_s", "episodes", "device", "threads"}``.
     """
     rows = []
     for num_envs in num_envs_list:
-        env = make(env_id, num_envs=num_envs, seed=seed, device=device)
+        env = make(env_id, num_envs=num_envs, seed=seed, device=device, **(env_args or {}))
         try:
             _, _, avail = env.reset()
             torch.manual_seed(seed)

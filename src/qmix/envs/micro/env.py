@@ -32,6 +32,7 @@ from qmix.envs.micro.units import (
     UNIT_TYPES,
     ZERG_REGEN_RATE,
 )
+from qmix.system import compile_methods
 
 SHOOT_RANGE = 6.0  # SMAC's attack/heal availability range (centre distance)
 SIGHT_RANGE = 9.0  # SMAC's observation range (every unit)
@@ -62,6 +63,8 @@ class MicroConfig:
     obs_last_action: bool = False
     # False: the time limit is a truncation (bootstrap); True: SMAC/pymarl's terminal timeout.
     timeout_terminal: bool = False
+    # Run the game loop and the observations through torch.compile (fused kernels; see docs/micro.md).
+    compile: bool = False
 
 
 def _hash32(x: torch.Tensor) -> torch.Tensor:
@@ -94,6 +97,8 @@ class MicroEnv(BatchedEnv):
         self._alloc_state()
         self._episode.fill_(-1)
         self.reset()
+        if config.compile:  # compiled at their first call, i.e. the first step
+            compile_methods(self, ("_begin", "_tick", "_outcome", "_observe"), f"micro:{spec.name} (env_args.compile)")
 
     # ------------------------------------------------------------------ construction
     def _build_units(self) -> None:
@@ -311,20 +316,30 @@ class MicroEnv(BatchedEnv):
 
     # ------------------------------------------------------------------ step
     def step(self, actions: torch.Tensor) -> StepResult:
-        cfg, A = self.config, self.n_agents
         actions = actions.to(self.device, torch.long)
+        alive0, health0, jitter = self._begin(actions)
+        for tick in range(STEP_MUL):
+            self._tick(jitter[:, tick])
+        reward, terminated, truncated, info = self._outcome(alive0, health0)
+        obs, state, avail = self._observe()
+        return StepResult(obs, state, avail, reward, terminated, truncated, info)
+
+    def _begin(self, actions: torch.Tensor):
+        """Orders from ``actions [B, A]``; returns the units' alive flags and health before the
+        step, and the cooldown jitter of SC2 (-1..+2 loops), one draw per (tick, unit): ``[B, 8, U]``."""
         alive0 = self.hp > 0  # [B, U]
         health0 = self.hp + self.shield  # [B, U]
         self._apply_orders(actions)
         self.last_action = actions
-        # cooldown jitter of SC2 (-1..+2 loops), one draw per (step, tick, unit)
         counter = (self.steps[:, None, None] * (STEP_MUL * 4096)
                    + torch.arange(STEP_MUL, device=self.device)[None, :, None] * 4096 + self.arange_u)
         jitter = (self._random_bits(self._episode[:, None, None], counter) % 4 - 1).float()  # [B, 8, U]
-        for tick in range(STEP_MUL):
-            self._tick(jitter[:, tick])
-        self.steps = self.steps + 1
+        return alive0, health0, jitter
 
+    def _outcome(self, alive0: torch.Tensor, health0: torch.Tensor):
+        """After the step's game loops: reward, terminated, truncated and info (SMAC's rules)."""
+        cfg, A = self.config, self.n_agents
+        self.steps = self.steps + 1
         alive = self.hp > 0
         health = self.hp + self.shield
         died = alive0 & ~alive  # [B, U]
@@ -369,8 +384,7 @@ class MicroEnv(BatchedEnv):
             "dead_allies": dead[:, :A].sum(1).float(),
             "dead_enemies": dead[:, A:].sum(1).float(),
         }
-        obs, state, avail = self._observe()
-        return StepResult(obs, state, avail, reward.float(), terminated, truncated, info)
+        return reward.float(), terminated, truncated, info
 
     def _apply_orders(self, actions: torch.Tensor) -> None:
         """Turn the agents' actions ``[B, A]`` into orders (SMAC's raw commands)."""
