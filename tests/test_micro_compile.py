@@ -1,6 +1,7 @@
 """micro with ``env_args.compile``: the compiled simulator plays the same battles, and a compiler
 that fails falls back to the uncompiled one with a warning."""
 
+import pickle
 import warnings
 
 import pytest
@@ -10,10 +11,10 @@ from qmix.envs import make
 from qmix.system import compile_methods
 
 
-def _play(env, steps, seed=0):
+def _play(env, steps, seed=0, reset=True):
     """Random available actions; every step's outputs, cloned."""
     g = torch.Generator().manual_seed(seed)
-    obs, state, avail = env.reset()
+    avail = env.reset()[2] if reset else env.avail_actions()
     out = []
     for _ in range(steps):
         actions = torch.multinomial(avail.reshape(-1, avail.shape[-1]).float(), 1, generator=g)
@@ -74,3 +75,16 @@ def test_errors_of_the_method_itself_propagate(monkeypatch):
         with pytest.raises(ValueError, match="bad input 3"):
             thing.bad(3)
     assert "bad" in vars(thing)  # still the compiled one
+
+
+def test_compiled_env_state_checkpoints_and_restores():
+    env = make("micro:3m", num_envs=2, seed=4, compile=True)
+    _play(env, 12)
+    saved = pickle.loads(pickle.dumps(env.get_state()))  # as a checkpoint stores it
+    assert not any(name in saved for name in ("_begin", "_tick", "_outcome", "_observe"))
+    original = _play(env, 20, seed=5, reset=False)
+    restored_env = make("micro:3m", num_envs=2, seed=0, compile=True)
+    restored_env.set_state(saved)
+    restored = _play(restored_env, 20, seed=5, reset=False)
+    for a, b in zip(original, restored):
+        assert all(torch.equal(x, y) for x, y in zip(a[:6], b[:6]))

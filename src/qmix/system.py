@@ -48,6 +48,7 @@ def compile_methods(obj: object, names: tuple[str, ...], what: str) -> None:
     methods go back to running uncompiled. An error of the method itself is raised as usual.
     """
     eager = {name: getattr(obj, name) for name in names}
+    _allow_recompiles(64)  # each instance and shape is one more compiled version of the same code
     try:
         compiled = {name: torch.compile(fn, dynamic=False) for name, fn in eager.items()}
     except Exception as e:  # torch.compile unavailable here
@@ -72,6 +73,18 @@ def compile_methods(obj: object, names: tuple[str, ...], what: str) -> None:
 
     for name in names:
         setattr(obj, name, guarded(name))
+
+
+def _allow_recompiles(limit: int) -> None:
+    """Raise torch's limit on compiled versions per function (8 by default; past it, calls run
+    uncompiled), e.g. for a process that builds many environments of different sizes."""
+    try:
+        config = torch._dynamo.config
+        for attr in ("recompile_limit", "cache_size_limit"):  # the name changed across torch versions
+            if isinstance(getattr(config, attr, None), int):
+                setattr(config, attr, max(getattr(config, attr), limit))
+    except Exception:  # a private setting: leave torch's default where it is missing
+        pass
 
 
 def _warn_uncompiled(what: str, error: Exception) -> None:

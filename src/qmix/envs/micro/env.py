@@ -15,6 +15,7 @@ exactly like a single copy seeded ``s + i``.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,6 +46,7 @@ INF = float("inf")
 MOVE_DIRS = ((0.0, 1.0), (0.0, -1.0), (1.0, 0.0), (-1.0, 0.0))  # north, south, east, west
 
 IDLE, MOVE, TARGET = 0, 1, 2  # order kinds; an enemy's MOVE is an attack-move
+_COMPILED = ("_begin", "_tick", "_outcome", "_observe")  # the step's parts env_args.compile compiles
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,11 @@ class MicroEnv(BatchedEnv):
         self._episode.fill_(-1)
         self.reset()
         if config.compile:  # compiled at their first call, i.e. the first step
-            compile_methods(self, ("_begin", "_tick", "_outcome", "_observe"), f"micro:{spec.name} (env_args.compile)")
+            compile_methods(self, _COMPILED, f"micro:{spec.name} (env_args.compile)")
+
+    def get_state(self):
+        """The battles' state, without the compiled methods (which belong to this instance)."""
+        return copy.deepcopy({k: v for k, v in self.__dict__.items() if k not in _COMPILED})
 
     # ------------------------------------------------------------------ construction
     def _build_units(self) -> None:
