@@ -40,7 +40,7 @@ def configure_allocator() -> bool:
 
 
 def compile_methods(obj: object, names: tuple[str, ...], what: str) -> None:
-    """Replace the methods ``names`` of ``obj`` by ``torch.compile`` d ones (static shapes).
+    """Replace the methods ``names`` of ``obj`` by compiled ones (``torch.compile``, static shapes).
 
     Compiling happens at each method's first call (and again for a new shape). If a compiled call
     raises and the uncompiled method does not on the same arguments (no C++ compiler, a platform

@@ -65,7 +65,7 @@ class MicroConfig:
     obs_last_action: bool = False
     # False: the time limit is a truncation (bootstrap); True: SMAC/pymarl's terminal timeout.
     timeout_terminal: bool = False
-    # Run the game loop and the observations through torch.compile (fused kernels; see docs/micro.md).
+    # Run the step (orders, game loops, outcome, observations) through torch.compile (see docs/micro.md).
     compile: bool = False
 
 
