@@ -69,6 +69,7 @@ def compile_methods(obj: object, names: tuple[str, ...], what: str) -> None:
                 _warn_uncompiled(what, e)
                 return out
 
+        call.compiled_by_qmix = True  # BatchedEnv.get_state leaves these out of checkpoints
         return call
 
     for name in names:

@@ -80,12 +80,13 @@ class BatchedEnv(ABC):
     def get_state(self):
         """Everything needed to continue every copy exactly (for checkpoints mid-episode).
 
-        The default deep-copies the instance's attributes, which is right for environments whose
-        state lives in tensors and plain Python objects. Environments holding processes, sockets or
-        simulators they cannot copy override this to raise ``NotImplementedError``; a resumed run
-        then starts fresh episodes on them.
+        The default deep-copies the instance's attributes (less methods compiled by
+        :func:`qmix.system.compile_methods`, which belong to this instance), which is right for
+        environments whose state lives in tensors and plain Python objects. Environments holding
+        processes, sockets or simulators they cannot copy override this to raise
+        ``NotImplementedError``; a resumed run then starts fresh episodes on them.
         """
-        return copy.deepcopy(self.__dict__)
+        return copy.deepcopy({k: v for k, v in self.__dict__.items() if not getattr(v, "compiled_by_qmix", False)})
 
     def set_state(self, state) -> None:
         self.__dict__.update(copy.deepcopy(state))

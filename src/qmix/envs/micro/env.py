@@ -15,7 +15,6 @@ exactly like a single copy seeded ``s + i``.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,10 +100,6 @@ class MicroEnv(BatchedEnv):
         self.reset()
         if config.compile:  # compiled at their first call, i.e. the first step
             compile_methods(self, _COMPILED, f"micro:{spec.name} (env_args.compile)")
-
-    def get_state(self):
-        """The battles' state, without the compiled methods (which belong to this instance)."""
-        return copy.deepcopy({k: v for k, v in self.__dict__.items() if k not in _COMPILED})
 
     # ------------------------------------------------------------------ construction
     def _build_units(self) -> None:
