@@ -23,6 +23,7 @@ that are meaningful on the copies whose episode ended this step (e.g. ``battle_w
 from __future__ import annotations
 
 import copy
+import types
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -86,7 +87,7 @@ class BatchedEnv(ABC):
         processes, sockets or simulators they cannot copy override this to raise
         ``NotImplementedError``; a resumed run then starts fresh episodes on them.
         """
-        return copy.deepcopy({k: v for k, v in self.__dict__.items() if not getattr(v, "compiled_by_qmix", False)})
+        return copy.deepcopy({k: v for k, v in self.__dict__.items() if not _compiled_method(v)})
 
     def set_state(self, state) -> None:
         self.__dict__.update(copy.deepcopy(state))
@@ -110,3 +111,9 @@ class BatchedEnv(ABC):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _compiled_method(value) -> bool:
+    """A method wrapper installed by :func:`qmix.system.compile_methods` (plain functions only, so
+    that no other attribute's ``__getattr__`` is consulted)."""
+    return isinstance(value, types.FunctionType) and getattr(value, "compiled_by_qmix", False)
