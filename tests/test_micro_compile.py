@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from qmix.envs import make
+from qmix.envs.micro.env import _COMPILED
 from qmix.system import compile_methods
 
 
@@ -54,7 +55,7 @@ def test_failing_compiler_falls_back_to_uncompiled(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # warned once, not on every call or for every method
         fallback += _play(env, 14, seed=1)
-    assert not any(name in vars(env) for name in ("_begin", "_tick", "_outcome", "_observe"))
+    assert not any(name in vars(env) for name in _COMPILED)
     reference = make("micro:3m", num_envs=2, seed=1)
     eager = _play(reference, 1) + _play(reference, 14, seed=1)
     for a, b in zip(eager, fallback):
@@ -81,7 +82,7 @@ def test_compiled_env_state_checkpoints_and_restores():
     env = make("micro:3m", num_envs=2, seed=4, compile=True)
     _play(env, 12)
     saved = pickle.loads(pickle.dumps(env.get_state()))  # as a checkpoint stores it
-    assert not any(name in saved for name in ("_begin", "_tick", "_outcome", "_observe"))
+    assert not any(name in saved for name in _COMPILED)
     original = _play(env, 20, seed=5, reset=False)
     restored_env = make("micro:3m", num_envs=2, seed=0, compile=True)
     restored_env.set_state(saved)
