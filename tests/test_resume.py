@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 
 ARGS = ["--env", "matrix:two-step", "--seed", "3", "t_max=6000", "checkpoint_interval=500",
         "test_interval=500", "log_interval=500", "use_tensorboard=false", "torch_threads=1"]
@@ -24,12 +26,20 @@ def metrics(run: Path):
     return rows
 
 
-def test_sigterm_then_resume_matches_uninterrupted(tmp_path):
+# micro: random battles in the training env and in the test env, whose episode counters (and so
+# its battles) must survive the checkpoint too.
+MICRO_ARGS = ["--env", "micro:3m", "--seed", "3", "t_max=4000", "checkpoint_interval=1000", "test_interval=1000",
+              "log_interval=1000", "test_episodes=8", "use_tensorboard=false", "torch_threads=1",
+              "env_args.compile=false"]
+
+
+@pytest.mark.parametrize("args", [ARGS, MICRO_ARGS], ids=["matrix", "micro"])
+def test_sigterm_then_resume_matches_uninterrupted(tmp_path, args):
     full, cut = tmp_path / "full", tmp_path / "cut"
-    p = qmix(*ARGS, "--out", str(full))
+    p = qmix(*args, "--out", str(full))
     assert p.wait(timeout=300) == 0, p.stderr.read()
 
-    p = qmix(*ARGS, "--out", str(cut))
+    p = qmix(*args, "--out", str(cut))
     deadline = time.time() + 120
     while time.time() < deadline:  # stop it somewhere after its second checkpoint
         ck = cut / "checkpoints"

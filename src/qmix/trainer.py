@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -106,6 +107,16 @@ def episode_metrics(prefix: str, eps: FinishedEpisodes) -> dict:
     return out
 
 
+def _env_state(env) -> Any:
+    """``env.get_state()`` if it can be pickled into a checkpoint, else None."""
+    try:
+        state = env.get_state()
+        pickle.dumps(state)
+        return state
+    except (NotImplementedError, TypeError, pickle.PicklingError, AttributeError):
+        return None
+
+
 class Trainer:
     def __init__(self, cfg: Config, run_dir: Path, resume_state: dict | None = None):
         self.cfg, self.run_dir = cfg, Path(run_dir)
@@ -159,13 +170,11 @@ class Trainer:
 
     # ----------------------------------------------------------------- state
     def _state(self) -> dict:
-        env_state = None
-        try:
-            env_state = self.env.get_state()
-            pickle.dumps(env_state)
-        except (NotImplementedError, TypeError, pickle.PicklingError, AttributeError):
-            env_state = None
+        env_state, test_env_state = _env_state(self.env), _env_state(self.test_env)
+        if env_state is None:
             self.env_state_warning = "environment state could not be saved; resume starts fresh episodes"
+        elif test_env_state is None:
+            self.env_state_warning = "test environment state could not be saved; tests after resume play other episodes"
         c = self.counters
         return {
             "config": self.cfg.to_dict(),
@@ -174,6 +183,7 @@ class Trainer:
             "learner": self.learner.state_dict(),
             "runner": self.runner.state_dict() if env_state is not None else None,
             "env_state": env_state,
+            "test_env_state": test_env_state,
             "buffer": self.buffer.state_dict() if self.cfg.checkpoint_buffer else None,
             "rng": {
                 "act": self.act_gen.get_state(),
@@ -203,6 +213,8 @@ class Trainer:
         if state["env_state"] is not None:
             self.env.set_state(state["env_state"])
             self.runner.load_state_dict(state["runner"])
+        if state.get("test_env_state") is not None:  # absent from checkpoints of earlier versions
+            self.test_env.set_state(state["test_env_state"])
         acc = state["accumulator"]
         self.acc = Accumulator(acc["episodes"], {k: [torch.tensor(x) for x in v] for k, v in acc["learner"].items()})
         self.last_test, self.best_test = state["last_test"], state["best_test"]
