@@ -59,6 +59,7 @@ class Runner:
         self.hidden = agent.initial_hidden(B, n, dev)
         self._rows = torch.arange(B, device=dev)
         self._first_row = self._rows * T1  # flat row of each copy's step 0 in the [B * (T+1)] staging
+        self._first_step = self._rows * (T1 - 1)  # ... and in the [B * T] staging of actions, rewards
         self._now = None  # (obs, avail) each copy acts on next: the env's last answer
         self.started = False
         self.timing: dict[str, float] = defaultdict(float)  # seconds spent: act, env, store
@@ -87,7 +88,6 @@ class Runner:
         done = FinishedEpisodes()
         if self._now is None:  # restored from a checkpoint: read the current step back
             self._now = (self.obs[self._rows, self.t], self.avail[self._rows, self.t])
-        T = self.reward.shape[1]
         actions_flat, reward_flat = self.actions.view(-1, self.n_agents), self.reward.view(-1)
         terminated_flat = self.terminated.view(-1)
         clock, timing = time.perf_counter, self.timing
@@ -98,7 +98,7 @@ class Runner:
             t1 = clock()
             res = self.env.step(actions)
             t2 = clock()
-            step = self._rows * T + self.t  # flat index of each copy's step t in [B * T]
+            step = self._first_step + self.t  # flat index of each copy's step t in [B * T]
             actions_flat.index_copy_(0, step, actions)
             reward_flat.index_copy_(0, step, res.reward)
             terminated_flat.index_copy_(0, step, res.terminated)
