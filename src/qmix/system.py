@@ -1,10 +1,12 @@
-"""Process-wide settings that make small, allocation-heavy PyTorch workloads fast on Linux."""
+"""Process-wide settings that make small, allocation-heavy PyTorch workloads fast on Linux, and
+the process's memory use for the training log."""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import functools
+import os
 import sys
 import warnings
 from typing import Callable
@@ -37,6 +39,16 @@ def configure_allocator() -> bool:
     _done = bool(mallopt(M_MMAP_THRESHOLD, 1 << 30) and mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1)
                  and mallopt(M_TOP_PAD, 64 << 20))
     return _done
+
+
+def resident_mib() -> float | None:
+    """This process's resident memory in MiB (Linux ``/proc/self/statm``); ``None`` elsewhere."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
 
 
 def compile_methods(obj: object, names: tuple[str, ...], what: str) -> None:

@@ -33,7 +33,7 @@ from qmix.errors import QmixError
 from qmix.learner import Learner
 from qmix.modules import build_agent, build_mixer
 from qmix.rollout import FinishedEpisodes, Runner
-from qmix.system import configure_allocator
+from qmix.system import configure_allocator, resident_mib
 
 
 def derive_seed(seed: int, stream: int) -> int:
@@ -338,6 +338,20 @@ class _Progress:
             self.live.stop()
 
 
+def perf_metrics(sps: float, device: torch.device) -> dict:
+    """Throughput and memory since the last log line, for watching long runs: ``perf/steps_per_s``
+    (env steps per second of wall time), ``perf/rss_mib`` (resident memory, Linux only) and, on
+    CUDA, ``perf/cuda_mib`` (the most memory torch held on the GPU since the last log line)."""
+    out = {"perf/steps_per_s": round(sps, 1)}
+    rss = resident_mib()
+    if rss is not None:
+        out["perf/rss_mib"] = round(rss, 1)
+    if device.type == "cuda":
+        out["perf/cuda_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+        torch.cuda.reset_peak_memory_stats(device)
+    return out
+
+
 def _status(tr: Trainer, sps: float) -> str:
     c = tr.counters
     parts = [f"{sps:,.0f} steps/s", f"ep {c.episode:,}", f"eps {tr.epsilon(c.t_env):.2f}"]
@@ -407,7 +421,7 @@ def run_training(cfg: Config, run_dir: Path, resume_state: dict | None = None,
                 now = time.perf_counter()
                 sps = (c.t_env - last_t) / max(now - last_wall, 1e-9)
                 last_t, last_wall = c.t_env, now
-                logger.log(record(trainer.train_metrics()))
+                logger.log(record({**trainer.train_metrics(), **perf_metrics(sps, trainer.device)}))
                 progress.update(c.t_env, _status(trainer, sps))
             if cfg.checkpoint_interval > 0 and c.t_env - c.last_checkpoint_t >= cfg.checkpoint_interval:
                 c.metrics_lines = logger.lines
