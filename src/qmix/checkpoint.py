@@ -36,20 +36,31 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 def save(run_dir: Path, t_env: int, state: dict, keep: int = 0) -> Path:
-    """Write ``state`` as ``checkpoints/step_<t_env>`` and point ``latest`` at it."""
+    """Write ``state`` as ``checkpoints/step_<t_env>`` and point ``latest`` at it.
+
+    If the file system refuses (a full disk, a lost mount), the partial copy is removed, the
+    previous checkpoint and ``latest`` stay as they were, and a :class:`QmixError` says so.
+    """
     root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     name = f"step_{t_env}"
     final = root / name
     tmp = root / f".tmp-{name}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    state = {"format_version": FORMAT_VERSION, **state}
-    with open(tmp / STATE_FILE, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        with open(tmp / STATE_FILE, "wb") as f:
+            torch.save({"format_version": FORMAT_VERSION, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = _latest_name(root)
+        raise QmixError(
+            f"could not write checkpoint {final} ({exc.strerror or exc}); "
+            + (f"the previous checkpoint, {kept}, is kept." if kept else "no earlier checkpoint exists.")
+        ) from None
     if final.exists():  # the same step checkpointed again (e.g. at the end): replace it
         old = root / f".old-{name}"
         os.replace(final, old)
@@ -64,6 +75,13 @@ def save(run_dir: Path, t_env: int, state: dict, keep: int = 0) -> Path:
             if old != final:
                 shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _latest_name(root: Path) -> str | None:
+    try:
+        return (root / "latest").read_text().strip() or None
+    except OSError:
+        return None
 
 
 def find(path: str | Path) -> Path:

@@ -178,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     except QmixError as e:
         print(f"qmix: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the machine's side (a full disk, a lost mount, permissions), in one line
+        print(f"qmix: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("qmix: interrupted", file=sys.stderr)
         return 130

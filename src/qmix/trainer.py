@@ -333,6 +333,13 @@ class _Progress:
         else:
             print(text, flush=True)
 
+    def warn(self, text: str) -> None:
+        """A line shown whatever ``progress`` says (on standard error when there is no bar)."""
+        if self.live is not None:
+            self.live.console.print(text)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
     def close(self) -> None:
         if self.live is not None:
             self.live.stop()
@@ -426,7 +433,10 @@ def run_training(cfg: Config, run_dir: Path, resume_state: dict | None = None,
             if cfg.checkpoint_interval > 0 and c.t_env - c.last_checkpoint_t >= cfg.checkpoint_interval:
                 c.metrics_lines = logger.lines
                 c.time_s = base_time + time.perf_counter() - start_wall
-                trainer.save_checkpoint()
+                try:
+                    trainer.save_checkpoint()
+                except QmixError as exc:  # e.g. a full disk: keep training, try again next time
+                    progress.warn(f"qmix: warning: {exc} Training goes on; the next checkpoint tries again.")
         c.metrics_lines = logger.lines
         c.time_s = base_time + time.perf_counter() - start_wall
         trainer.save_checkpoint()
