@@ -194,7 +194,14 @@ class Learner:
         loss, stats = self.loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_norm_clip).detach()
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_norm_clip).detach()
+        stats["grad_norm"] = norm
+        # An inf/NaN loss or gradient is never applied: the networks and the optimiser's state stay
+        # as they were, and ``nonfinite_updates`` (1) is logged. (One host sync per update.)
+        finite = bool(torch.isfinite(norm))
+        stats["nonfinite_updates"] = torch.tensor(0.0 if finite else 1.0)
+        if not finite:
+            return stats
         self.optimizer.step()
         self.updates += 1
         if self.cfg.target_update_tau > 0:

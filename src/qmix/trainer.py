@@ -36,6 +36,10 @@ from qmix.rollout import FinishedEpisodes, Runner
 from qmix.system import configure_allocator, resident_mib
 
 
+# A log window in which at least this many learner updates were all non-finite stops the run.
+STALL_UPDATES = 10
+
+
 def derive_seed(seed: int, stream: int) -> int:
     """A well-mixed 31-bit seed for one purpose (``stream``) of a run (splitmix64's finaliser)."""
     x = (seed * 0x9E3779B97F4A7C15 + stream * 0xBF58476D1CE4E5B9 + 1) & (2**64 - 1)
@@ -402,6 +406,7 @@ def run_training(cfg: Config, run_dir: Path, resume_state: dict | None = None,
     base_time = c.time_s
     last_t, last_wall = c.t_env, start_wall
     sps = 0.0
+    updates_at_log, stalled = c.updates, None
 
     def record(extra: dict) -> dict:
         return {"t_env": c.t_env, "episode": c.episode, "time_s": round(base_time + time.perf_counter() - start_wall, 3),
@@ -427,9 +432,18 @@ def run_training(cfg: Config, run_dir: Path, resume_state: dict | None = None,
                 c.last_log_t = c.t_env
                 now = time.perf_counter()
                 sps = (c.t_env - last_t) / max(now - last_wall, 1e-9)
-                last_t, last_wall = c.t_env, now
-                logger.log(record({**trainer.train_metrics(), **perf_metrics(sps, trainer.device)}))
+                since, last_t, last_wall = last_t, c.t_env, now
+                metrics = trainer.train_metrics()
+                logger.log(record({**metrics, **perf_metrics(sps, trainer.device)}))
                 progress.update(c.t_env, _status(trainer, sps))
+                window, updates_at_log = c.updates - updates_at_log, c.updates
+                if window >= STALL_UPDATES and metrics.get("nonfinite_updates") == 1.0:
+                    stalled = (f"every learner update of the last {window} (since step {since:,}) "
+                               "had an inf or NaN loss or gradient, so none was applied: the replay data or the "
+                               "networks hold inf/NaN (check the environment's rewards and observations, or "
+                               "lower lr). The run stopped; its checkpoint holds the last finite networks: "
+                               f"{run_dir / 'checkpoints'}.")
+                    break
             if cfg.checkpoint_interval > 0 and c.t_env - c.last_checkpoint_t >= cfg.checkpoint_interval:
                 c.metrics_lines = logger.lines
                 c.time_s = base_time + time.perf_counter() - start_wall
@@ -448,6 +462,8 @@ def run_training(cfg: Config, run_dir: Path, resume_state: dict | None = None,
         trainer.env.close()
         trainer.test_env.close()
 
+    if stalled is not None:
+        raise QmixError(stalled)
     wall = c.time_s
     summary = {
         "env": cfg.env,
