@@ -92,10 +92,13 @@ class EpisodeBuffer:
         )
 
     def state_dict(self) -> dict:
+        """The stored episodes (only those: a view would be saved with its whole storage)."""
         n = len(self)
-        return {"episodes_in": self.episodes_in,
-                **{k: getattr(self, k)[:n].cpu() for k in
-                   ("obs", "state", "avail", "actions", "reward", "terminated", "length")}}
+        out = {"episodes_in": self.episodes_in}
+        for k in ("obs", "state", "avail", "actions", "reward", "terminated", "length"):
+            x = getattr(self, k)
+            out[k] = (x[:n].clone() if n < self.capacity else x).cpu()
+        return out
 
     def load_state_dict(self, data: dict) -> None:
         n = data["length"].shape[0]

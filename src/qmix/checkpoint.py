@@ -2,7 +2,8 @@
 
 Layout inside a run directory::
 
-    checkpoints/step_<t_env>/state.pt   everything needed to continue the run
+    checkpoints/step_<t_env>/state.pt   everything needed to continue the run but the replay buffer
+    checkpoints/step_<t_env>/buffer.pt  the replay buffer (only the newest checkpoints keep it)
     checkpoints/latest                  the name of the newest step_* directory (one line)
 
 A checkpoint directory is first written as ``.tmp-step_<t_env>`` and renamed into place, and
@@ -23,6 +24,7 @@ import torch
 from qmix.errors import QmixError
 
 STATE_FILE = "state.pt"
+BUFFER_FILE = "buffer.pt"
 FORMAT_VERSION = 1
 
 
@@ -35,8 +37,19 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def save(run_dir: Path, t_env: int, state: dict, keep: int = 0) -> Path:
+def _write(path: Path, obj) -> None:
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def save(run_dir: Path, t_env: int, state: dict, keep: int = 0, keep_buffers: int = 0) -> Path:
     """Write ``state`` as ``checkpoints/step_<t_env>`` and point ``latest`` at it.
+
+    ``state["buffer"]`` (the replay buffer, or None) goes to its own file. ``keep``: keep only the
+    newest ``keep`` checkpoints (0: all); ``keep_buffers``: only the newest ``keep_buffers`` keep
+    their replay buffer (0: all), the older ones keep everything else.
 
     If the file system refuses (a full disk, a lost mount), the partial copy is removed, the
     previous checkpoint and ``latest`` stay as they were, and a :class:`QmixError` says so.
@@ -50,10 +63,11 @@ def save(run_dir: Path, t_env: int, state: dict, keep: int = 0) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
-        with open(tmp / STATE_FILE, "wb") as f:
-            torch.save({"format_version": FORMAT_VERSION, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
+        buffer = state.get("buffer")
+        if buffer is not None:
+            _write(tmp / BUFFER_FILE, buffer)
+        _write(tmp / STATE_FILE, {"format_version": FORMAT_VERSION, **state,
+                                  "buffer": BUFFER_FILE if buffer is not None else None})
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         kept = _latest_name(root)
@@ -69,11 +83,19 @@ def save(run_dir: Path, t_env: int, state: dict, keep: int = 0) -> Path:
     else:
         os.replace(tmp, final)
     _atomic_write_text(root / "latest", name + "\n")
+    steps = sorted((p for p in root.glob("step_*") if p.is_dir() and p.name[5:].isdigit()),
+                   key=lambda p: int(p.name[5:]))
+    steps = [p for p in steps if p != final] + [final]  # the one just written counts as the newest
     if keep > 0:
-        steps = sorted((p for p in root.glob("step_*") if p.is_dir()), key=lambda p: int(p.name[5:]))
         for old in steps[:-keep]:
-            if old != final:
-                shutil.rmtree(old, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True)
+        steps = steps[-keep:]
+    if keep_buffers > 0:
+        for old in steps[:-keep_buffers]:
+            try:
+                (old / BUFFER_FILE).unlink(missing_ok=True)
+            except OSError:
+                pass
     return final
 
 
@@ -108,15 +130,34 @@ def has_checkpoint(run_dir: str | Path) -> bool:
     return (Path(run_dir) / "checkpoints" / "latest").is_file()
 
 
-def load(path: str | Path, map_location="cpu") -> dict:
-    """Load a checkpoint file with one-line errors for anything wrong with it."""
-    state_path = find(path)
+def _read(path: Path, map_location):
     try:
-        with open(state_path, "rb") as f:
-            state = torch.load(f, map_location=map_location, weights_only=False)
+        with open(path, "rb") as f:
+            return torch.load(f, map_location=map_location, weights_only=False)
     except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise QmixError(f"checkpoint {state_path} is corrupt or unreadable ({first[:120]}).") from None
+        raise QmixError(f"checkpoint {path} is corrupt or unreadable ({first[:120]}).") from None
+
+
+def load(path: str | Path, map_location="cpu", buffer: bool = True) -> dict:
+    """Load a checkpoint with one-line errors for anything wrong with it.
+
+    ``state["buffer"]`` is the replay buffer when ``buffer`` is true and the checkpoint has one,
+    else None; ``state["buffer_dropped"]`` is true when the checkpoint was written with a buffer
+    that was since removed (``checkpoint_keep_buffers``). Checkpoints of earlier versions, with
+    the buffer inside ``state.pt``, load the same way.
+    """
+    state_path = find(path)
+    state = _read(state_path, map_location)
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION or "config" not in state:
         raise QmixError(f"{state_path} is not a qmix checkpoint (or was written by an incompatible version).")
+    state["buffer_dropped"] = False
+    if state.get("buffer") == BUFFER_FILE:
+        buffer_path = state_path.parent / BUFFER_FILE
+        if not buffer_path.is_file():
+            state["buffer"], state["buffer_dropped"] = None, True
+        else:
+            state["buffer"] = _read(buffer_path, map_location) if buffer else None
+    elif not buffer:
+        state["buffer"] = None
     return state

@@ -79,6 +79,7 @@ class Config:
     checkpoint_interval: int = 200_000  # environment steps between checkpoints (0 = only at end)
     checkpoint_buffer: bool = True  # include the replay buffer in checkpoints (exact resume)
     checkpoint_keep: int = 0  # keep only the newest N step_* checkpoints (0 = keep all)
+    checkpoint_keep_buffers: int = 1  # only the newest N checkpoints keep their replay buffer (0 = all)
     use_tensorboard: bool = True  # write TensorBoard events beside metrics.jsonl
     torch_threads: int = 0  # intra-op threads (0 = leave torch's default)
     progress: bool = True  # live progress bar on the console
@@ -115,6 +116,7 @@ _RANGES: dict[str, tuple[float, float | None]] = {
     "log_interval": (1, None),
     "checkpoint_interval": (0, None),
     "checkpoint_keep": (0, None),
+    "checkpoint_keep_buffers": (0, None),
     "torch_threads": (0, None),
 }
 _POSITIVE = {"lr", "gamma"}  # strictly > 0

@@ -19,7 +19,7 @@ from qmix.trainer import resolve_device
 
 def load_policy(path: str, device: str = "cpu"):
     """(config, agent network) from a run directory or checkpoint."""
-    state = ckpt.load(path)
+    state = ckpt.load(path, buffer=False)
     try:
         cfg = from_stored(state["config"])
     except QmixError as e:

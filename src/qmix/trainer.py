@@ -168,6 +168,7 @@ class Trainer:
         self.last_test: dict = {}
         self.best_test: dict = {}
         self.env_state_warning = ""
+        self.resume_warning = ""
         if resume_state is not None:
             self._restore(resume_state)
         self.stop_signal: int | None = None
@@ -210,6 +211,9 @@ class Trainer:
         self.counters = Counters(**state["counters"])
         if state["buffer"] is not None:
             self.buffer.load_state_dict(state["buffer"])
+        elif state.get("buffer_dropped"):
+            self.resume_warning = ("this checkpoint's replay buffer was removed (checkpoint_keep_buffers); "
+                                   "training goes on from an empty buffer")
         self.act_gen.set_state(state["rng"]["act"])
         self.test_gen.set_state(state["rng"]["test"])
         self.sample_gen.set_state(state["rng"]["sample"])
@@ -226,7 +230,8 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         c = self.counters
         c.last_checkpoint_t = c.t_env
-        return ckpt.save(self.run_dir, c.t_env, self._state(), keep=self.cfg.checkpoint_keep)
+        return ckpt.save(self.run_dir, c.t_env, self._state(), keep=self.cfg.checkpoint_keep,
+                         keep_buffers=self.cfg.checkpoint_keep_buffers)
 
     # ----------------------------------------------------------------- steps
     def test(self) -> dict:
@@ -393,6 +398,8 @@ def run_training(cfg: Config, run_dir: Path, resume_state: dict | None = None,
                           "env_args.compile=false skips it)")
     else:
         progress.line(f"qmix: resuming {run_dir} at step {c.t_env:,}")
+        if trainer.resume_warning:
+            progress.warn(f"qmix: warning: {trainer.resume_warning}.")
 
     previous = {}
 
@@ -533,7 +540,8 @@ def train(alg: str = "qmix", env: str = "micro:3m", seed: int = 1, out: str | No
         run_dir = Path(resume)
         saved = load_run_config(run_dir)
         allowed = {"t_max", "progress", "use_tensorboard", "torch_threads", "device", "buffer_device",
-                   "checkpoint_interval", "checkpoint_keep", "test_interval", "log_interval"}
+                   "checkpoint_interval", "checkpoint_keep", "checkpoint_keep_buffers", "test_interval",
+                   "log_interval"}
         bad = sorted(set(overrides) - allowed)
         if bad:
             raise QmixError(f"{', '.join(bad)} cannot be changed when resuming (it would change the run); "
