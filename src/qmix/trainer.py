@@ -334,20 +334,15 @@ class _Progress:
         if self.live is not None:
             self.live.update(self.task, completed=min(t_env, self.total), status=status)
 
-    def line(self, text: str) -> None:
-        if not self.enabled:
+    def line(self, text: str, warning: bool = False) -> None:
+        """Print ``text`` above the bar; a ``warning`` is shown even when ``progress`` is off (on
+        standard error when there is no bar)."""
+        if not (self.enabled or warning):
             return
         if self.live is not None:
             self.live.console.print(text)
         else:
-            print(text, flush=True)
-
-    def warn(self, text: str) -> None:
-        """A line shown whatever ``progress`` says (on standard error when there is no bar)."""
-        if self.live is not None:
-            self.live.console.print(text)
-        else:
-            print(text, file=sys.stderr, flush=True)
+            print(text, file=sys.stderr if warning else sys.stdout, flush=True)
 
     def close(self) -> None:
         if self.live is not None:
@@ -399,7 +394,7 @@ def run_training(cfg: Config, run_dir: Path, resume_state: dict | None = None,
     else:
         progress.line(f"qmix: resuming {run_dir} at step {c.t_env:,}")
         if trainer.resume_warning:
-            progress.warn(f"qmix: warning: {trainer.resume_warning}.")
+            progress.line(f"qmix: warning: {trainer.resume_warning}.", warning=True)
 
     previous = {}
 
@@ -457,7 +452,7 @@ def run_training(cfg: Config, run_dir: Path, resume_state: dict | None = None,
                 try:
                     trainer.save_checkpoint()
                 except QmixError as exc:  # e.g. a full disk: keep training, try again next time
-                    progress.warn(f"qmix: warning: {exc} Training goes on; the next checkpoint tries again.")
+                    progress.line(f"qmix: warning: {exc} Training goes on; the next checkpoint tries again.", warning=True)
         c.metrics_lines = logger.lines
         c.time_s = base_time + time.perf_counter() - start_wall
         trainer.save_checkpoint()
