@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from qmix.buffer import EpisodeBatch
 from qmix.controller import UNAVAILABLE
+from qmix.modules.agents import forward_packed_pair
 from qmix.modules.packing import EpisodePacking
 
 
@@ -153,11 +154,12 @@ class Learner:
         # The agent's previous action at step t is actions[t-1]; none (-1) at t = 0.
         last = torch.cat([torch.full_like(batch.actions[:, :1], -1), batch.actions], dim=1)  # [B, T+1, n]
         obs, last = inputs.pack(batch.obs), inputs.pack(last)
-        q = self.agent.forward_packed(obs, last, inputs)  # [M', n, A]
+        # Online [M', n, A] with gradients and target without (their recurrences run side by side).
+        q, q_target = forward_packed_pair(self.agent, self.target_agent, obs, last, inputs)
         now = inputs.rows_of(steps.episode, steps.step)  # rows of s_t and s_{t+1} for each transition
         after = inputs.rows_of(steps.episode, steps.step + 1)
         with torch.no_grad():
-            q_target = self.target_agent.forward_packed(obs, last, inputs).index_select(0, after)  # [M, n, A]
+            q_target = q_target.index_select(0, after)  # [M, n, A]
             avail_next = steps.pack(batch.avail, shift=1)  # [M, n, A]
             if cfg.double_q:
                 best = q.detach().index_select(0, after).masked_fill(~avail_next, UNAVAILABLE).argmax(-1, keepdim=True)

@@ -31,7 +31,7 @@ from qmix.controller import EpsilonSchedule
 from qmix.envs import make
 from qmix.errors import QmixError
 from qmix.learner import Learner
-from qmix.modules import build_agent, build_mixer
+from qmix.modules import build_agent, build_mixer, native
 from qmix.rollout import FinishedEpisodes, Runner
 from qmix.system import configure_allocator, resident_mib
 
@@ -121,6 +121,23 @@ def _env_state(env) -> Any:
         return None
 
 
+def configure_kernels(mode: str, device: torch.device) -> str | None:
+    """The native GRU kernel for a CPU learner (:mod:`qmix.modules.native`), built once per machine.
+
+    Returns a warning if ``auto`` falls back to the PyTorch path; QmixError if ``on`` cannot build.
+    """
+    if device.type != "cpu":
+        native.configure("off")
+        return None
+    if mode != "off" and not native.is_built():
+        print("qmix: building the native GRU kernel (once per machine, about 30 s; native_kernels=off skips it)",
+              file=sys.stderr, flush=True)
+    try:
+        return native.configure(mode)
+    except RuntimeError as exc:
+        raise QmixError(f"{exc}; set native_kernels=auto or off to train without it.") from None
+
+
 class Trainer:
     def __init__(self, cfg: Config, run_dir: Path, resume_state: dict | None = None):
         self.cfg, self.run_dir = cfg, Path(run_dir)
@@ -128,6 +145,7 @@ class Trainer:
         if cfg.torch_threads > 0:
             torch.set_num_threads(cfg.torch_threads)
         self.device = resolve_device(cfg.device)
+        self.kernel_warning = configure_kernels(cfg.native_kernels, self.device)
         buffer_device = self.device if cfg.buffer_device == "auto" else resolve_device(cfg.buffer_device)
         torch.manual_seed(cfg.seed)
         # Env copies are seeded seed, seed+1, ... so each run's envs get a well-mixed base seed:
@@ -395,6 +413,8 @@ def run_training(cfg: Config, run_dir: Path, resume_state: dict | None = None,
         progress.line(f"qmix: resuming {run_dir} at step {c.t_env:,}")
         if trainer.resume_warning:
             progress.line(f"qmix: warning: {trainer.resume_warning}.", warning=True)
+    if trainer.kernel_warning:
+        progress.line(f"qmix: warning: {trainer.kernel_warning}.", warning=True)
 
     previous = {}
 
@@ -534,7 +554,7 @@ def train(alg: str = "qmix", env: str = "micro:3m", seed: int = 1, out: str | No
     if resume is not None:
         run_dir = Path(resume)
         saved = load_run_config(run_dir)
-        allowed = {"t_max", "progress", "use_tensorboard", "torch_threads", "device", "buffer_device",
+        allowed = {"t_max", "progress", "use_tensorboard", "torch_threads", "native_kernels", "device", "buffer_device",
                    "checkpoint_interval", "checkpoint_keep", "checkpoint_keep_buffers", "test_interval",
                    "log_interval"}
         bad = sorted(set(overrides) - allowed)

@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 import torch
 
 from qmix.errors import QmixError
+from qmix.modules import native
 
 # Named training scenarios: (algorithm, env, overrides, default steps).
 TRAIN_SCENARIOS = {
@@ -164,6 +165,8 @@ def register(sub, commands: dict) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = default)")
+    p.add_argument("--native", choices=["auto", "on", "off"], default="auto",
+                   help="native C++ GRU kernel for the learner (learner, train; default auto: if it builds)")
     p.add_argument("--json", default=None, metavar="OUT.json", help="also write the results as JSON")
     commands["bench"] = _cmd_bench
 
@@ -182,7 +185,15 @@ def _cmd_bench(args) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     info = machine()
-    print(f"# {info['cpu']} | {info['cores']} cores | torch {info['torch']} ({info['threads']} threads) | {info['date']}")
+    if args.what in ("learner", "train") and args.device == "cpu":
+        from qmix.trainer import configure_kernels
+
+        warning = configure_kernels(args.native, torch.device("cpu"))
+        if warning:
+            print(f"qmix: warning: {warning}.", file=sys.stderr)
+        info["native_gru"] = native.active()
+    gru = f" | GRU: {'native' if info['native_gru'] else 'torch'}" if "native_gru" in info else ""
+    print(f"# {info['cpu']} | {info['cores']} cores | torch {info['torch']} ({info['threads']} threads){gru} | {info['date']}")
     if args.what == "learner":
         from qmix.bench.learner import SCENARIOS, run_learner_bench
 
@@ -217,7 +228,8 @@ def _cmd_bench(args) -> int:
             raise QmixError(f"qmix bench train needs a scenario: {', '.join(TRAIN_SCENARIOS)}.")
         from qmix.config import parse_overrides
 
-        rows = [bench_train(args.target, args.steps, args.device, args.seed, parse_overrides(args.overrides))]
+        extra = {"native_kernels": args.native, **parse_overrides(args.overrides)}
+        rows = [bench_train(args.target, args.steps, args.device, args.seed, extra)]
         _print_rows(rows)
     if args.json:
         with open(args.json, "w") as f:

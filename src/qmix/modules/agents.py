@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qmix.modules.gru import gru_packed
+from qmix.modules.gru import gru_packed, gru_packed_pair
 from qmix.modules.packing import EpisodePacking
 
 
@@ -128,6 +128,25 @@ class AgentNetwork(nn.Module):
             self.rnn.weight_ih_l0, self.rnn.weight_hh_l0, self.rnn.bias_ih_l0, self.rnn.bias_hh_l0,
         ).reshape(B, n, H)
         return self.fc2(h), h
+
+
+def forward_packed_pair(online: nn.Module, target: nn.Module, obs: torch.Tensor, last_actions: torch.Tensor,
+                        packing: EpisodePacking) -> tuple[torch.Tensor, torch.Tensor]:
+    """``online.forward_packed`` (with gradients) and ``target.forward_packed`` (without) on the
+    same inputs. For two shared-parameter DRQNs the two recurrences run side by side
+    (:func:`~qmix.modules.gru.gru_packed_pair`); any other pair is two plain calls."""
+    if not (type(online) is AgentNetwork and type(target) is AgentNetwork and online.recurrent):
+        q = online.forward_packed(obs, last_actions, packing)
+        with torch.no_grad():
+            return q, target.forward_packed(obs, last_actions, packing)
+    x = F.relu(first_layer(online.layout, online.fc1, obs, last_actions), inplace=True)
+    with torch.no_grad():
+        x_t = F.relu(first_layer(target.layout, target.fc1, obs, last_actions), inplace=True)
+    weights = [(n.rnn.weight_ih_l0, n.rnn.bias_ih_l0, n.rnn.weight_hh_l0, n.rnn.bias_hh_l0) for n in (online, target)]
+    h, h_t = gru_packed_pair(x, x_t, packing.counts, *weights)
+    with torch.no_grad():
+        q_t = target.fc2(h_t)
+    return online.fc2(h), q_t
 
 
 class _PerAgentLinear(nn.Module):

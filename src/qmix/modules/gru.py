@@ -17,11 +17,17 @@ replays hundreds of tiny operations. Here:
   matrix product.
 
 Same equations and gate layout (r, z, n) as ``nn.GRU``; tests check values and gradients in float64.
+
+Where the native kernel is configured (:mod:`qmix.modules.native`), float32 CPU inputs go through
+its C++ loops instead (same layout and results to float rounding): one matrix product and one
+fused pass per step, forward and backward.
 """
 
 from __future__ import annotations
 
 import torch
+
+from qmix.modules import native
 
 _BLOCK = 1 << 18  # elements per block of rows in the backward's element-wise pass (about 1 MB)
 
@@ -77,6 +83,44 @@ def _previous_rows(counts: list[int], device) -> torch.Tensor:
     starts = torch.cumsum(c, 0) - c
     step = torch.repeat_interleave(torch.arange(1, len(counts), device=device), c[1:])
     return torch.arange(c[0], int(c.sum()), device=device) - starts[step] + starts[step - 1]
+
+
+class _GRUNative(torch.autograd.Function):
+    """:class:`_GRUPacked` with the loops in C++ (``gru_kernel.cpp``)."""
+
+    @staticmethod
+    def forward(ctx, gi, w_rec, b_in, rows):
+        kernel = native.gru_module()
+        out, gates = kernel.gru_forward(gi, w_rec, b_in, rows, True)
+        ctx.save_for_backward(w_rec, out, gates)
+        ctx.rows, ctx.kernel = rows, kernel
+        return out[:, :-1]
+
+    @staticmethod
+    def backward(ctx, d_out):
+        w_rec, out, gates = ctx.saved_tensors
+        d_gi, d_w, d_b = ctx.kernel.gru_backward(d_out, w_rec, out, gates, ctx.rows)
+        return d_gi, d_w, d_b, None
+
+
+class _GRUNativePair(torch.autograd.Function):
+    """Two recurrences side by side (online with gradients, target without), on two threads."""
+
+    @staticmethod
+    def forward(ctx, gi, w_rec, b_in, rows, gi_t, w_rec_t, b_in_t):
+        kernel = native.gru_module()
+        out, gates, out_t = kernel.gru_forward_pair(gi, w_rec, b_in, True, gi_t, w_rec_t, b_in_t, rows)
+        ctx.save_for_backward(w_rec, out, gates)
+        ctx.rows, ctx.kernel = rows, kernel
+        h_t = out_t[:, :-1]
+        ctx.mark_non_differentiable(h_t)
+        return out[:, :-1], h_t
+
+    @staticmethod
+    def backward(ctx, d_out, _):
+        w_rec, out, gates = ctx.saved_tensors
+        d_gi, d_w, d_b = ctx.kernel.gru_backward(d_out, w_rec, out, gates, ctx.rows)
+        return d_gi, d_w, d_b, None, None, None, None
 
 
 class _GRUPacked(torch.autograd.Function):
@@ -138,11 +182,43 @@ def gru_packed(x: torch.Tensor, counts: list[int], w_ih: torch.Tensor, b_ih: tor
     w_ih, w_rec, b_in = _scaled(w_ih, b_ih, w_hh, b_hh)
     gi = torch.nn.functional.linear(x, w_ih).reshape(-1, w_ih.shape[0])  # all steps at once
     rows = [c * rows_per_episode for c in counts]
-    if torch.is_grad_enabled() and (gi.requires_grad or w_rec.requires_grad):
+    grad = torch.is_grad_enabled() and (gi.requires_grad or w_rec.requires_grad)
+    kernel = native.gru_module()
+    if kernel is not None and gi.dtype == torch.float32 and gi.device.type == "cpu":
+        gi, w_rec, b_in = gi.contiguous(), w_rec.contiguous(), b_in.contiguous()
+        if grad:
+            out = _GRUNative.apply(gi, w_rec, b_in, rows)
+        else:
+            out = kernel.gru_forward(gi, w_rec, b_in, rows, False)[0][:, :-1]
+    elif grad:
         out = _GRUPacked.apply(gi, w_rec, b_in, rows)
     else:
         out = _forward(gi, w_rec, b_in, rows)[0][:, :-1]
     return out.view(*x.shape[:-1], -1)
+
+
+def gru_packed_pair(x: torch.Tensor, x_target: torch.Tensor, counts: list[int], weights: tuple,
+                    target_weights: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`gru_packed` of two networks on inputs packed alike: the online one (``x``,
+    ``weights`` = ``(w_ih, b_ih, w_hh, b_hh)``, with gradients) and the target one (no gradients).
+
+    With the native kernel on float32 CPU tensors both recurrences run at once, one per thread;
+    otherwise this is two calls of :func:`gru_packed`.
+    """
+    if not (native.gru_module() is not None and x.dtype == torch.float32 and x.device.type == "cpu"):
+        h = gru_packed(x, counts, *weights)
+        with torch.no_grad():
+            return h, gru_packed(x_target, counts, *target_weights)
+    rows_per_episode = x[0].numel() // x.shape[-1]
+    rows = [c * rows_per_episode for c in counts]
+    w_ih, w_rec, b_in = _scaled(*weights)
+    gi = torch.nn.functional.linear(x, w_ih).reshape(-1, w_ih.shape[0])
+    with torch.no_grad():
+        w_ih_t, w_rec_t, b_in_t = _scaled(*target_weights)
+        gi_t = torch.nn.functional.linear(x_target, w_ih_t).reshape(-1, w_ih_t.shape[0])
+    h, h_t = _GRUNativePair.apply(gi, w_rec.contiguous(), b_in.contiguous(), rows, gi_t, w_rec_t.contiguous(),
+                                  b_in_t.contiguous())
+    return h.view(*x.shape[:-1], -1), h_t.view(*x.shape[:-1], -1)
 
 
 def gru_sequence(x: torch.Tensor, w_ih: torch.Tensor, b_ih: torch.Tensor, w_hh: torch.Tensor,

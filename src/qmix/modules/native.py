@@ -1,0 +1,109 @@
+"""Native (C++) kernels, built on first use and cached on disk.
+
+The learner's GRU recurrence has a C++ implementation (``gru_kernel.cpp``): the same computation
+as :mod:`qmix.modules.gru`, with each step's element-wise work fused into one vectorised loop. It
+is compiled by ``torch.utils.cpp_extension`` (a C++ compiler is needed; ``-O3 -march=native``)
+into ``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``), under a name that includes
+this CPU's model and instruction-set flags, so machines sharing a home directory never load each
+other's build. Building takes about 30 s once; later runs load the cached library.
+
+``native_kernels`` (config) chooses: ``auto`` (use it where it builds, else the PyTorch path, with
+one warning line), ``on`` (a build failure is an error), ``off`` (PyTorch path only).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import sys
+import threading
+from pathlib import Path
+
+import torch
+
+_SOURCE = Path(__file__).with_name("gru_kernel.cpp")
+_lock = threading.Lock()
+_state: dict = {"mode": "off", "module": None, "error": None, "tried": False}
+
+
+def _machine_fingerprint() -> str:
+    """CPU model and flags (Linux), else the platform's processor description."""
+    parts = [platform.machine(), platform.processor(), torch.__version__]
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("model name", "flags", "Features", "CPU implementer", "CPU part")):
+                    parts.append(line.strip())
+                if line.strip() == "":  # the first processor's block is enough
+                    break
+    except OSError:
+        pass
+    return hashlib.sha1("\n".join(parts).encode()).hexdigest()[:12]
+
+
+def extension_name() -> str:
+    source = hashlib.sha1(_SOURCE.read_bytes()).hexdigest()[:8]
+    return f"qmix_gru_{source}_{_machine_fingerprint()}"
+
+
+def build_dir() -> Path:
+    from torch.utils.cpp_extension import _get_build_directory
+
+    return Path(_get_build_directory(extension_name(), verbose=False))
+
+
+def is_built() -> bool:
+    """Whether a compiled library for this source and machine is already cached."""
+    try:
+        return (build_dir() / f"{extension_name()}.so").exists()
+    except Exception:  # noqa: BLE001 - a missing or unwritable cache simply means "not built"
+        return False
+
+
+def _build():
+    if not any(shutil.which(c) for c in (os.environ.get("CXX", "c++"), "c++", "g++", "clang++")):
+        raise RuntimeError("no C++ compiler found (c++, g++ or clang++)")
+    from torch.utils.cpp_extension import load
+
+    flags = ["-O3", "-march=native"]
+    # at::parallel_for in the extension runs on torch's OpenMP threads only if compiled with OpenMP.
+    openmp = ["-fopenmp"] if sys.platform.startswith("linux") and torch.backends.openmp.is_available() else []
+    return load(name=extension_name(), sources=[str(_SOURCE)], extra_cflags=flags + openmp,
+                extra_ldflags=openmp, verbose=False)
+
+
+def configure(mode: str = "auto") -> str | None:
+    """Select the GRU implementation for this process: ``auto``, ``on`` or ``off``.
+
+    Builds (or loads) the kernel unless ``off``. Returns None, or a one-line reason why the native
+    kernel is not used under ``auto``. Raises RuntimeError under ``on`` if it cannot be built.
+    """
+    if mode not in ("auto", "on", "off"):
+        raise ValueError(f"native kernel mode must be auto, on or off; got {mode!r}")
+    with _lock:
+        _state["mode"] = mode
+        if mode == "off":
+            return None
+        if not _state["tried"]:
+            _state["tried"] = True
+            try:
+                _state["module"] = _build()
+            except Exception as exc:  # noqa: BLE001 - any build failure falls back (auto) or is reported (on)
+                first = str(exc).strip().splitlines()
+                _state["error"] = f"{type(exc).__name__}: {first[0] if first else ''}"[:300]
+        if _state["module"] is None:
+            if mode == "on":
+                raise RuntimeError(f"the native GRU kernel could not be built ({_state['error']})")
+            return f"the native GRU kernel could not be built ({_state['error']}); using the PyTorch path"
+        return None
+
+
+def gru_module():
+    """The compiled module if configured and available, else None."""
+    return _state["module"] if _state["mode"] != "off" else None
+
+
+def active() -> bool:
+    return gru_module() is not None

@@ -1,0 +1,174 @@
+"""The native (C++) GRU kernel: it builds where a C++ compiler exists, computes what the PyTorch
+path computes (values and gradients, checked against float64), keeps NaN visible, and the learner
+gives the same loss and gradients with it as without it."""
+
+import shutil
+
+import pytest
+import torch
+
+from qmix.modules import gru as G
+from qmix.modules import native
+from qmix.modules.packing import EpisodePacking
+
+HAVE_CXX = any(shutil.which(c) for c in ("c++", "g++", "clang++"))
+pytestmark = pytest.mark.skipif(not HAVE_CXX, reason="no C++ compiler on this machine")
+
+
+@pytest.fixture
+def kernel():
+    saved = dict(native._state)
+    assert native.configure("on") is None  # builds (first time, ~30 s) or loads the cached library
+    yield native.gru_module()
+    native._state.update(saved)
+
+
+def _episodes(seed=0, B=6, T=11, R=3, I=5, H=8, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor([11, 3, 11, 7, 1, 6])[:B]
+    packing = EpisodePacking(lengths, T)
+    gru = torch.nn.GRU(I, H)
+    with torch.no_grad():
+        for p in gru.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * scale)
+    x = torch.randn(packing.rows, R, I, generator=g)
+    return packing, gru, x
+
+
+def _run(gru, x, packing, dtype, upstream):
+    """Outputs and gradients (weights and input) of gru_packed in ``dtype``."""
+    params = [p.detach().to(dtype).clone().requires_grad_() for p in gru.parameters()]  # w_ih, w_hh, b_ih, b_hh
+    xi = x.detach().to(dtype).clone().requires_grad_()
+    out = G.gru_packed(xi, packing.counts, params[0], params[2], params[1], params[3])
+    (out * upstream.to(dtype)).sum().backward()
+    return out.detach().double(), [p.grad.double() for p in params] + [xi.grad.double()]
+
+
+# With large weights (3.0: many saturated gates) float32 errors grow for both paths alike: over 20
+# seeds the worst relative errors were 2.0e-4 (native) and 2.0e-4 (PyTorch) at 3.0, 5e-7 at 0.5.
+@pytest.mark.parametrize("scale,rel", [(0.5, 1e-6), (3.0, 3e-4)])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_native_is_as_accurate_as_the_float32_pytorch_path(kernel, scale, rel, seed):
+    """Against float64, the native kernel's error is of the order of PyTorch's own float32 error."""
+    packing, gru, x = _episodes(seed=seed, scale=scale)
+    upstream = torch.randn(packing.rows, x.shape[1], gru.hidden_size, generator=torch.Generator().manual_seed(seed))
+    got, got_grads = _run(gru, x, packing, torch.float32, upstream)  # native (float32 CPU)
+    saved = dict(native._state)
+    native.configure("off")
+    plain, plain_grads = _run(gru, x, packing, torch.float32, upstream)
+    want, want_grads = _run(gru, x, packing, torch.float64, upstream)
+    native._state.update(saved)
+    for g, p, w in zip([got, *got_grads], [plain, *plain_grads], [want, *want_grads]):
+        err, plain_err = (g - w).abs().max().item(), (p - w).abs().max().item()
+        assert err <= 4 * plain_err + rel * max(1.0, w.abs().max().item()), (err, plain_err)
+
+
+def test_native_is_really_used_and_packed_like_nn_gru(kernel):
+    """Per episode, the packed native GRU equals nn.GRU run on that episode alone."""
+    packing, gru, x = _episodes()
+    calls = []
+    real = kernel.gru_forward
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(kernel, name)
+
+        def gru_forward(self, *args):
+            calls.append(1)
+            return real(*args)
+
+    native._state["module"] = Spy()
+    with torch.no_grad():
+        out = packing.unpack(G.gru_packed(x, packing.counts, gru.weight_ih_l0, gru.bias_ih_l0,
+                                          gru.weight_hh_l0, gru.bias_hh_l0))
+        xs = packing.unpack(x)
+        for b, L in enumerate(packing_lengths(packing)):
+            expected = gru(xs[b, :L])[0]
+            assert torch.allclose(out[b, :L], expected, atol=1e-6)
+            assert (out[b, L:] == 0).all()
+    assert calls, "the native kernel was not called"
+
+
+def packing_lengths(packing):
+    return torch.bincount(packing.episode, minlength=packing.B).tolist()
+
+
+def test_pair_equals_two_single_passes(kernel):
+    packing, online, x = _episodes(seed=1)
+    _, target, x_t = _episodes(seed=2)
+    w = [online.weight_ih_l0, online.bias_ih_l0, online.weight_hh_l0, online.bias_hh_l0]
+    w_t = [p.detach() for p in (target.weight_ih_l0, target.bias_ih_l0, target.weight_hh_l0, target.bias_hh_l0)]
+    upstream = torch.randn(packing.rows, x.shape[1], online.hidden_size)
+    h, h_t = G.gru_packed_pair(x, x_t, packing.counts, w, w_t)
+    assert not h_t.requires_grad
+    (h * upstream).sum().backward()
+    grads = [p.grad.clone() for p in w]
+    for p in w:
+        p.grad = None
+    h1 = G.gru_packed(x, packing.counts, *w)
+    (h1 * upstream).sum().backward()
+    with torch.no_grad():
+        h1_t = G.gru_packed(x_t, packing.counts, *w_t)
+    assert torch.equal(h, h1) and torch.equal(h_t, h1_t)
+    for g, p in zip(grads, w):
+        assert torch.equal(g, p.grad)
+
+
+def test_nan_stays_visible_and_extremes_stay_finite(kernel):
+    packing, gru, x = _episodes()
+    w = [gru.weight_ih_l0, gru.bias_ih_l0, gru.weight_hh_l0, gru.bias_hh_l0]
+    with torch.no_grad():
+        huge = G.gru_packed(x * 1e4, packing.counts, *w)  # saturated sigmoids: finite, within [-1, 1]
+        assert torch.isfinite(huge).all() and huge.abs().max() <= 1
+        bad = x.clone()
+        bad[0, 0, 0] = float("nan")  # first step of the longest episode: its whole future is NaN
+        out = G.gru_packed(bad, packing.counts, *w)
+    assert torch.isnan(out[0, 0]).all()
+    assert torch.isfinite(out[1:packing.counts[0]]).all()  # other episodes' rows at step 0
+
+
+def test_learner_loss_and_gradients_match_pytorch_path(kernel):
+    from qmix.bench.learner import LearnerShapes, bench_config, build_pair, random_batch
+
+    s = LearnerShapes(8, 20, 3, 12, 6, 20)
+    cfg = bench_config()
+    batch = random_batch(s, seed=3)
+    results = []
+    for mode in ("on", "off"):
+        native.configure(mode)
+        ours, _ = build_pair(s, cfg, seed=4)
+        loss, _ = ours.loss(batch)
+        loss.backward()
+        results.append((loss.item(), [p.grad.clone() for p in ours.params]))
+    (l_on, g_on), (l_off, g_off) = results
+    assert l_on == pytest.approx(l_off, rel=1e-5)
+    for a, b in zip(g_on, g_off):
+        assert torch.allclose(a, b, atol=1e-5 * max(1.0, b.abs().max().item()))
+
+
+def test_modes_off_auto_on(monkeypatch):
+    saved = dict(native._state)
+    try:
+        native.configure("off")
+        assert native.gru_module() is None
+        with pytest.raises(ValueError):
+            native.configure("fast")
+
+        def broken():
+            raise RuntimeError("compiler exploded\nmore detail")
+
+        monkeypatch.setattr(native, "_build", broken)
+        native._state.update(module=None, error=None, tried=False)
+        note = native.configure("auto")
+        assert note and "compiler exploded" in note and "\n" not in note
+        assert native.gru_module() is None
+        with pytest.raises(RuntimeError, match="could not be built"):
+            native.configure("on")
+    finally:
+        native._state.clear()
+        native._state.update(saved)
+
+
+def test_extension_name_depends_on_machine_and_source():
+    name = native.extension_name()
+    assert name.startswith("qmix_gru_") and name == native.extension_name()
