@@ -132,6 +132,43 @@ class RewardStats:
         self.count = data["count"]
 
 
+def flatten_parameters(params: list[torch.nn.Parameter]) -> torch.nn.Parameter | None:
+    """Move ``params`` and their gradients into one contiguous buffer each (the parameters become
+    views of it), so that zeroing, clipping and the optimiser step are a few operations on one
+    tensor instead of a few per parameter. Returns the flat parameter (its ``.grad`` is the flat
+    gradient, which backward accumulates into in place), or None if the parameters do not share a
+    device and dtype. Modules must not be moved (``.to``) afterwards."""
+    if not params or len({(p.device, p.dtype) for p in params}) != 1:
+        return None
+    flat = torch.nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
+    flat.grad = torch.zeros_like(flat)
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.data = flat.data[offset:offset + n].view_as(p)
+        p.grad = flat.grad[offset:offset + n].view_as(p)
+        offset += n
+    return flat
+
+
+def _flat_optimizer_state(saved: dict, params: list) -> dict:
+    """An optimiser state saved per parameter (checkpoints of earlier versions) as the state of
+    the flat parameter: each per-parameter tensor (RMSprop's square_avg, Adam's moments)
+    concatenated in parameter order, the step count taken from the first."""
+    if len(saved["param_groups"][0]["params"]) == 1:
+        return saved
+    per_param = [saved["state"].get(i, {}) for i in range(len(params))]
+    flat = {}
+    for k, first in (per_param[0] if per_param else {}).items():
+        if k != "step" and isinstance(first, torch.Tensor):
+            flat[k] = torch.cat([st[k].reshape(-1).to(p) if k in st else torch.zeros(p.numel()).to(p)
+                                 for st, p in zip(per_param, params)])
+        else:
+            flat[k] = first
+    group = {**saved["param_groups"][0], "params": [0]}
+    return {"state": {0: flat} if flat else {}, "param_groups": [group]}
+
+
 class Learner:
     """Owns the online and target networks and the optimiser."""
 
@@ -140,7 +177,8 @@ class Learner:
         self.target_agent = copy.deepcopy(agent).requires_grad_(False)
         self.target_mixer = copy.deepcopy(mixer).requires_grad_(False) if mixer is not None else None
         self.params = list(agent.parameters()) + (list(mixer.parameters()) if mixer is not None else [])
-        self.optimizer = make_optimizer(cfg, self.params)
+        self.flat = flatten_parameters(self.params)
+        self.optimizer = make_optimizer(cfg, [self.flat] if self.flat is not None else self.params)
         self.updates = 0
         self.reward_stats = RewardStats() if cfg.standardise_rewards else None
 
@@ -194,9 +232,13 @@ class Learner:
             self.reward_stats.update(batch.reward)
             batch = dataclasses.replace(batch, reward=self.reward_stats.standardise(batch.reward))
         loss, stats = self.loss(batch)
-        self.optimizer.zero_grad(set_to_none=True)
+        if self.flat is not None:
+            self.flat.grad.zero_()  # the parameters' .grad are views of it: never set them to None
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_norm_clip).detach()
+        norm = torch.nn.utils.clip_grad_norm_([self.flat] if self.flat is not None else self.params,
+                                              self.cfg.grad_norm_clip).detach()
         stats["grad_norm"] = norm
         # An inf/NaN loss or gradient is never applied: the networks and the optimiser's state stay
         # as they were, and ``nonfinite_updates`` (1) is logged. (One host sync per update.)
@@ -242,7 +284,10 @@ class Learner:
         if self.mixer is not None:
             self.mixer.load_state_dict(data["mixer"])
             self.target_mixer.load_state_dict(data["target_mixer"])
-        self.optimizer.load_state_dict(data["optimizer"])
+        optimizer = data["optimizer"]
+        if self.flat is not None:
+            optimizer = _flat_optimizer_state(optimizer, self.params)
+        self.optimizer.load_state_dict(optimizer)
         self.updates = data["updates"]
         if self.reward_stats is not None and data.get("reward_stats") is not None:
             self.reward_stats.load_state_dict(data["reward_stats"])

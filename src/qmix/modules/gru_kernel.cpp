@@ -15,6 +15,7 @@
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -126,6 +127,10 @@ void check(const at::Tensor& t, const char* name) {
               name, " must be a contiguous float32 CPU tensor");
 }
 
+// Rows per thread in the element-wise passes: small steps (a few thousand numbers) stay on one
+// thread, where handing out work would cost more than it saves.
+int64_t rows_grain(int64_t H) { return std::max<int64_t>(1, 16384 / H); }
+
 std::vector<int64_t> offsets(const std::vector<int64_t>& rows) {
   std::vector<int64_t> off(rows.size() + 1, 0);
   for (size_t t = 0; t < rows.size(); ++t) {
@@ -158,11 +163,17 @@ void forward_loop(const at::Tensor& gi, const at::Tensor& w_rec, const at::Tenso
     const float* hp = first ? zeros.data_ptr<float>() : op + off[t - 1] * ld;
     const int64_t ldp = first ? 0 : ld;
     float* ho = op + off[t] * ld;
-    if (gates.defined()) {
-      step_forward<true>(m, H, gip + off[t] * 3 * H, ghp, bp, hp, ldp, ho, ld, gates.data_ptr<float>() + off[t] * 4 * H);
-    } else {
-      step_forward<false>(m, H, gip + off[t] * 3 * H, ghp, bp, hp, ldp, ho, ld, nullptr);
-    }
+    const float* gi_t = gip + off[t] * 3 * H;
+    float* g_t = gates.defined() ? gates.data_ptr<float>() + off[t] * 4 * H : nullptr;
+    at::parallel_for(0, m, rows_grain(H), [&](int64_t a, int64_t b) {
+      if (g_t) {
+        step_forward<true>(b - a, H, gi_t + a * 3 * H, ghp + a * 3 * H, bp, hp + a * ldp, ldp, ho + a * ld, ld,
+                           g_t + a * 4 * H);
+      } else {
+        step_forward<false>(b - a, H, gi_t + a * 3 * H, ghp + a * 3 * H, bp, hp + a * ldp, ldp, ho + a * ld, ld,
+                            nullptr);
+      }
+    });
   }
 }
 
@@ -232,12 +243,22 @@ std::vector<at::Tensor> gru_backward(const at::Tensor& d_out, const at::Tensor& 
   float* dgp = d_gh.data_ptr<float>();
   for (int64_t t = static_cast<int64_t>(rows.size()) - 1; t >= 0; --t) {
     const int64_t m = rows[t];
+    const float* dh_t = dhp + off[t] * H;
+    const float* g_t = gp + off[t] * 4 * H;
+    float* dg_t = dgp + off[t] * 3 * H;
     if (t == 0) {
-      step_backward<false>(m, H, dhp, gp, zeros.data_ptr<float>(), 0, dgp, nullptr);
+      const float* z0 = zeros.data_ptr<float>();
+      at::parallel_for(0, m, rows_grain(H), [&](int64_t a, int64_t b) {
+        step_backward<false>(b - a, H, dh_t + a * H, g_t + a * 4 * H, z0, 0, dg_t + a * 3 * H, nullptr);
+      });
     } else {
       const int64_t prev = off[t - 1];
-      step_backward<true>(m, H, dhp + off[t] * H, gp + off[t] * 4 * H, op + prev * ld, ld,
-                          dgp + off[t] * 3 * H, dhp + prev * H);
+      const float* hp = op + prev * ld;
+      float* dh_prev = dhp + prev * H;
+      at::parallel_for(0, m, rows_grain(H), [&](int64_t a, int64_t b) {
+        step_backward<true>(b - a, H, dh_t + a * H, g_t + a * 4 * H, hp + a * ld, ld, dg_t + a * 3 * H,
+                            dh_prev + a * H);
+      });
       dh.narrow(0, prev, m).addmm_(d_gh.narrow(0, off[t], m), w);
     }
   }
@@ -250,7 +271,9 @@ std::vector<at::Tensor> gru_backward(const at::Tensor& d_out, const at::Tensor& 
     std::memcpy(hpp + off[t] * ld, op + off[t - 1] * ld, sizeof(float) * rows[t] * ld);
   }
   at::Tensor d_w = at::mm(h_prev.t(), d_gh);
-  input_gradient(M, H, dhp, gp, dgp);  // d_gh becomes the gradient of gi
+  at::parallel_for(0, M, rows_grain(H), [&](int64_t a, int64_t b) {  // d_gh becomes the gradient of gi
+    input_gradient(b - a, H, dhp + a * H, gp + a * 4 * H, dgp + a * 3 * H);
+  });
   at::Tensor d_b_in = d_gh.narrow(1, 2 * H, H).sum(0);
   return {d_gh, d_w, d_b_in};
 }
