@@ -172,3 +172,48 @@ def test_modes_off_auto_on(monkeypatch):
 def test_extension_name_depends_on_machine_and_source():
     name = native.extension_name()
     assert name.startswith("qmix_gru_") and name == native.extension_name()
+
+
+def _broken_build():
+    raise RuntimeError("no C++ compiler found (c++, g++ or clang++)")
+
+
+@pytest.fixture
+def unbuildable(monkeypatch):
+    saved = dict(native._state)
+    monkeypatch.setattr(native, "_build", _broken_build)
+    native._state.update(module=None, error=None, tried=False)
+    yield
+    native._state.clear()
+    native._state.update(saved)
+
+
+FAST = ["--env", "matrix:two-step", "t_max=200", "test_interval=100", "use_tensorboard=false"]
+
+
+def test_train_with_native_on_that_cannot_build_is_one_line_and_creates_nothing(unbuildable, tmp_path, capsys):
+    from qmix.cli import main
+
+    out = tmp_path / "run"
+    code = main(["train", *FAST, "native_kernels=on", "--quiet", "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "native GRU kernel could not be built" in err[0], err
+    assert "native_kernels=auto or off" in err[0] and not out.exists()
+
+
+def test_train_with_native_auto_that_cannot_build_warns_and_trains(unbuildable, tmp_path, capsys):
+    from qmix.cli import main
+
+    out = tmp_path / "run"
+    code = main(["train", *FAST, "--quiet", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0 and (out / "summary.json").exists()
+    assert "using the PyTorch path" in captured.out + captured.err
+    assert native.gru_module() is None
+
+
+@pytest.mark.parametrize("text,value", [("on", "on"), ("off", "off"), ("auto", "auto")])
+def test_native_kernels_on_off_survive_yaml_parsing(text, value):
+    from qmix.config import parse_overrides, resolve
+
+    assert resolve(parse_overrides([f"native_kernels={text}"])).native_kernels == value

@@ -135,6 +135,8 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
     origin = get_origin(typ)
     if origin is Literal:
         choices = get_args(typ)
+        if isinstance(value, bool) and "on" in choices and "off" in choices:
+            return "on" if value else "off"  # YAML reads a bare on/off as true/false
         for c in choices:
             if value == c or (isinstance(value, str) and str(c) == value):
                 return c

@@ -63,7 +63,8 @@ def is_built() -> bool:
 
 
 def _build():
-    if not any(shutil.which(c) for c in (os.environ.get("CXX", "c++"), "c++", "g++", "clang++")):
+    compilers = (os.environ.get("CXX", "c++"), "c++", "g++", "clang++")
+    if not is_built() and not any(shutil.which(c) for c in compilers):
         raise RuntimeError("no C++ compiler found (c++, g++ or clang++)")
     from torch.utils.cpp_extension import load
 
