@@ -92,13 +92,15 @@ def masked_td_loss(q_tot: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> 
 
 def make_optimizer(cfg, params: list) -> torch.optim.Optimizer:
     """RMSprop or Adam as configured; Adam's fused kernel where this torch has it (CPU and CUDA,
-    torch >= 2.4), RMSprop's multi-tensor one: fewer, larger operations per step."""
+    torch >= 2.4), RMSprop's multi-tensor one for several parameters: fewer, larger operations."""
     if cfg.optimizer == "adam":
         try:
             return torch.optim.Adam(params, lr=cfg.lr, eps=cfg.optim_eps, fused=True)
         except (RuntimeError, TypeError, ValueError):
             return torch.optim.Adam(params, lr=cfg.lr, eps=cfg.optim_eps, foreach=True)
-    return torch.optim.RMSprop(params, lr=cfg.lr, alpha=cfg.optim_alpha, eps=cfg.optim_eps, foreach=True)
+    # One flat parameter (see flatten_parameters): the single-tensor loop has less overhead.
+    return torch.optim.RMSprop(params, lr=cfg.lr, alpha=cfg.optim_alpha, eps=cfg.optim_eps,
+                               foreach=len(params) > 1)
 
 
 class RewardStats:
