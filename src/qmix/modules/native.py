@@ -62,10 +62,25 @@ def is_built() -> bool:
         return False
 
 
+def _ninja_on_path() -> None:
+    """torch's extension builder runs ``ninja`` from PATH: where only the ``ninja`` Python package
+    provides it (a dependency; its binary sits beside this interpreter, which may not be on PATH),
+    add its directory."""
+    if shutil.which("ninja"):
+        return
+    try:
+        import ninja
+
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+    except (ImportError, AttributeError):
+        pass
+
+
 def _build():
     compilers = (os.environ.get("CXX", "c++"), "c++", "g++", "clang++")
     if not is_built() and not any(shutil.which(c) for c in compilers):
         raise RuntimeError("no C++ compiler found (c++, g++ or clang++)")
+    _ninja_on_path()
     from torch.utils.cpp_extension import load
 
     flags = ["-O3", "-march=native"]
