@@ -98,9 +98,13 @@ class _GRUNative(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, d_out):
-        w_rec, out, gates = ctx.saved_tensors
-        d_gi, d_w, d_b = ctx.kernel.gru_backward(d_out, w_rec, out, gates, ctx.rows)
-        return d_gi, d_w, d_b, None
+        return (*_native_backward(ctx, d_out), None)
+
+
+def _native_backward(ctx, d_out):
+    """d_gi, d_w_rec, d_b_in from the saved (w_rec, out, gates) of a native forward."""
+    w_rec, out, gates = ctx.saved_tensors
+    return ctx.kernel.gru_backward(d_out, w_rec, out, gates, ctx.rows)
 
 
 class _GRUNativePair(torch.autograd.Function):
@@ -118,9 +122,7 @@ class _GRUNativePair(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, d_out, _):
-        w_rec, out, gates = ctx.saved_tensors
-        d_gi, d_w, d_b = ctx.kernel.gru_backward(d_out, w_rec, out, gates, ctx.rows)
-        return d_gi, d_w, d_b, None, None, None, None
+        return (*_native_backward(ctx, d_out), None, None, None, None)
 
 
 class _GRUPacked(torch.autograd.Function):
@@ -170,6 +172,15 @@ class _GRUPacked(torch.autograd.Function):
         return d_gh, d_w, d_n.sum(0), None
 
 
+def _inputs(x: torch.Tensor, counts: list[int], weights: tuple):
+    """The input products of all steps at once ``gi [M, 3H]``, the scaled recurrent weights and
+    n-gate bias (:func:`_scaled`), and the rows per step, for packed ``x [M, ..., in]``."""
+    w_ih, w_rec, b_in = _scaled(*weights)
+    gi = torch.nn.functional.linear(x, w_ih).reshape(-1, w_ih.shape[0])
+    rows_per_episode = x[0].numel() // x.shape[-1]
+    return gi, w_rec, b_in, [c * rows_per_episode for c in counts]
+
+
 def gru_packed(x: torch.Tensor, counts: list[int], w_ih: torch.Tensor, b_ih: torch.Tensor,
                w_hh: torch.Tensor, b_hh: torch.Tensor) -> torch.Tensor:
     """Hidden states of packed episodes from a zero initial state.
@@ -178,10 +189,7 @@ def gru_packed(x: torch.Tensor, counts: list[int], w_ih: torch.Tensor, b_ih: tor
     dims, e.g. agents, are rows of the same step), ``counts``: episodes per step, and the weights
     of an ``nn.GRU`` layer -> ``[M, ..., H]``.
     """
-    rows_per_episode = x[0].numel() // x.shape[-1]
-    w_ih, w_rec, b_in = _scaled(w_ih, b_ih, w_hh, b_hh)
-    gi = torch.nn.functional.linear(x, w_ih).reshape(-1, w_ih.shape[0])  # all steps at once
-    rows = [c * rows_per_episode for c in counts]
+    gi, w_rec, b_in, rows = _inputs(x, counts, (w_ih, b_ih, w_hh, b_hh))
     grad = torch.is_grad_enabled() and (gi.requires_grad or w_rec.requires_grad)
     kernel = native.gru_module()
     if kernel is not None and gi.dtype == torch.float32 and gi.device.type == "cpu":
@@ -209,13 +217,9 @@ def gru_packed_pair(x: torch.Tensor, x_target: torch.Tensor, counts: list[int], 
         h = gru_packed(x, counts, *weights)
         with torch.no_grad():
             return h, gru_packed(x_target, counts, *target_weights)
-    rows_per_episode = x[0].numel() // x.shape[-1]
-    rows = [c * rows_per_episode for c in counts]
-    w_ih, w_rec, b_in = _scaled(*weights)
-    gi = torch.nn.functional.linear(x, w_ih).reshape(-1, w_ih.shape[0])
+    gi, w_rec, b_in, rows = _inputs(x, counts, weights)
     with torch.no_grad():
-        w_ih_t, w_rec_t, b_in_t = _scaled(*target_weights)
-        gi_t = torch.nn.functional.linear(x_target, w_ih_t).reshape(-1, w_ih_t.shape[0])
+        gi_t, w_rec_t, b_in_t, _ = _inputs(x_target, counts, target_weights)
     h, h_t = _GRUNativePair.apply(gi, w_rec.contiguous(), b_in.contiguous(), rows, gi_t, w_rec_t.contiguous(),
                                   b_in_t.contiguous())
     return h.view(*x.shape[:-1], -1), h_t.view(*x.shape[:-1], -1)
