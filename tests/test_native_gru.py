@@ -217,3 +217,22 @@ def test_native_kernels_on_off_survive_yaml_parsing(text, value):
     from qmix.config import parse_overrides, resolve
 
     assert resolve(parse_overrides([f"native_kernels={text}"])).native_kernels == value
+
+
+def test_kernel_entry_points_accept_tensors_that_require_grad(kernel):
+    """Called directly with grad enabled (the side-by-side pair runs on OpenMP worker threads,
+    whose grad mode is their own): no autograd error, outputs carry no graph."""
+    H = 8
+    torch.manual_seed(0)
+    gi = torch.randn(10, 3 * H, requires_grad=True)
+    w = torch.randn(H + 1, 3 * H, requires_grad=True)
+    b = torch.randn(H, requires_grad=True)
+    rows = [4, 3, 2, 1]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        out, gates, out_t = kernel.gru_forward_pair(gi, w, b, True, gi, w, b, rows)
+        single, _ = kernel.gru_forward(gi, w, b, rows, True)
+    finally:
+        torch.set_num_threads(threads)
+    assert not out.requires_grad and torch.equal(out, single) and torch.equal(out_t, single)

@@ -144,6 +144,7 @@ std::vector<int64_t> offsets(const std::vector<int64_t>& rows) {
 void forward_loop(const at::Tensor& gi, const at::Tensor& w_rec, const at::Tensor& b_in,
                   const std::vector<int64_t>& rows, const std::vector<int64_t>& off, at::Tensor& out,
                   at::Tensor& gates) {
+  at::NoGradGuard no_grad;  // thread-local: this may run on a worker thread of gru_forward_pair
   const int64_t H = w_rec.size(1) / 3, ld = H + 1;
   at::Tensor gh = at::empty({rows[0], 3 * H}, gi.options());
   at::Tensor zeros = at::zeros({H}, gi.options());
