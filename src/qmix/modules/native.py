@@ -7,6 +7,8 @@ into ``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``), under a 
 this CPU's model and instruction-set flags, so machines sharing a home directory never load each
 other's build. Building takes about 30 s once; later runs load the cached library.
 
+``QMIX_NATIVE_VERBOSE=1`` prints the compiler's commands and output (to see why a build fails).
+
 ``native_kernels`` (config) chooses: ``auto`` (use it where it builds, else the PyTorch path, with
 one warning line), ``on`` (a build failure is an error), ``off`` (PyTorch path only).
 """
@@ -87,7 +89,7 @@ def _build():
     # at::parallel_for in the extension runs on torch's OpenMP threads only if compiled with OpenMP.
     openmp = ["-fopenmp"] if sys.platform.startswith("linux") and torch.backends.openmp.is_available() else []
     return load(name=extension_name(), sources=[str(_SOURCE)], extra_cflags=flags + openmp,
-                extra_ldflags=openmp, verbose=False)
+                extra_ldflags=openmp, verbose=bool(os.environ.get("QMIX_NATIVE_VERBOSE")))
 
 
 def configure(mode: str = "auto") -> str | None:
