@@ -193,7 +193,8 @@ def _cmd_bench(args) -> int:
             print(f"qmix: warning: {warning}.", file=sys.stderr)
         info["native_gru"] = native.active()
     gru = f" | GRU: {'native' if info['native_gru'] else 'torch'}" if "native_gru" in info else ""
-    print(f"# {info['cpu']} | {info['cores']} cores | torch {info['torch']} ({info['threads']} threads){gru} | {info['date']}")
+    print(f"# {info['cpu']} | {info['cores']} cores | torch {info['torch']} ({info['threads']} threads){gru} "
+          f"| {info['date']}")
     if args.what == "learner":
         from qmix.bench.learner import SCENARIOS, run_learner_bench
 

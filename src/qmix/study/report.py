@@ -17,8 +17,8 @@ from qmix.study.stats import iqm
 
 # Config keys that never tell two lines apart (bookkeeping, budget, the seed itself).
 _NOT_DISTINGUISHING = {"seed", "alg", "env", "progress", "use_tensorboard", "device", "buffer_device", "torch_threads",
-                       "native_kernels", "checkpoint_interval", "checkpoint_keep", "checkpoint_buffer", "log_interval", "t_max",
-                       "compile", "test_num_envs"}
+                       "native_kernels", "checkpoint_interval", "checkpoint_keep", "checkpoint_buffer", "log_interval",
+                       "t_max", "compile", "test_num_envs"}
 
 
 @dataclass
