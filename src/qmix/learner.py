@@ -180,7 +180,8 @@ class Learner:
         self.target_mixer = copy.deepcopy(mixer).requires_grad_(False) if mixer is not None else None
         self.params = list(agent.parameters()) + (list(mixer.parameters()) if mixer is not None else [])
         self.flat = flatten_parameters(self.params)
-        self.optimizer = make_optimizer(cfg, [self.flat] if self.flat is not None else self.params)
+        self.trained = [self.flat] if self.flat is not None else self.params  # what clipping and the optimiser see
+        self.optimizer = make_optimizer(cfg, self.trained)
         self.updates = 0
         self.reward_stats = RewardStats() if cfg.standardise_rewards else None
 
@@ -239,8 +240,7 @@ class Learner:
         else:
             self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_([self.flat] if self.flat is not None else self.params,
-                                              self.cfg.grad_norm_clip).detach()
+        norm = torch.nn.utils.clip_grad_norm_(self.trained, self.cfg.grad_norm_clip).detach()
         stats["grad_norm"] = norm
         # An inf/NaN loss or gradient is never applied: the networks and the optimiser's state stay
         # as they were, and ``nonfinite_updates`` (1) is logged. (One host sync per update.)

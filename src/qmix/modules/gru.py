@@ -172,6 +172,12 @@ class _GRUPacked(torch.autograd.Function):
         return d_gh, d_w, d_n.sum(0), None
 
 
+def _kernel_for(x: torch.Tensor):
+    """The native kernel if it is configured and ``x`` is a float32 CPU tensor, else None."""
+    kernel = native.gru_module()
+    return kernel if kernel is not None and x.dtype == torch.float32 and x.device.type == "cpu" else None
+
+
 def _inputs(x: torch.Tensor, counts: list[int], weights: tuple):
     """The input products of all steps at once ``gi [M, 3H]``, the scaled recurrent weights and
     n-gate bias (:func:`_scaled`), and the rows per step, for packed ``x [M, ..., in]``."""
@@ -191,8 +197,8 @@ def gru_packed(x: torch.Tensor, counts: list[int], w_ih: torch.Tensor, b_ih: tor
     """
     gi, w_rec, b_in, rows = _inputs(x, counts, (w_ih, b_ih, w_hh, b_hh))
     grad = torch.is_grad_enabled() and (gi.requires_grad or w_rec.requires_grad)
-    kernel = native.gru_module()
-    if kernel is not None and gi.dtype == torch.float32 and gi.device.type == "cpu":
+    kernel = _kernel_for(gi)
+    if kernel is not None:
         gi, w_rec, b_in = gi.contiguous(), w_rec.contiguous(), b_in.contiguous()
         if grad:
             out = _GRUNative.apply(gi, w_rec, b_in, rows)
@@ -213,7 +219,7 @@ def gru_packed_pair(x: torch.Tensor, x_target: torch.Tensor, counts: list[int], 
     With the native kernel on float32 CPU tensors both recurrences run at once, one per thread;
     otherwise this is two calls of :func:`gru_packed`.
     """
-    if not (native.gru_module() is not None and x.dtype == torch.float32 and x.device.type == "cpu"):
+    if _kernel_for(x) is None:
         h = gru_packed(x, counts, *weights)
         with torch.no_grad():
             return h, gru_packed(x_target, counts, *target_weights)

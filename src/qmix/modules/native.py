@@ -15,6 +15,7 @@ one warning line), ``on`` (a build failure is an error), ``off`` (PyTorch path o
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import platform
@@ -45,6 +46,7 @@ def _machine_fingerprint() -> str:
     return hashlib.sha1("\n".join(parts).encode()).hexdigest()[:12]
 
 
+@functools.cache
 def extension_name() -> str:
     source = hashlib.sha1(_SOURCE.read_bytes()).hexdigest()[:8]
     return f"qmix_gru_{source}_{_machine_fingerprint()}"
