@@ -236,3 +236,20 @@ def test_kernel_entry_points_accept_tensors_that_require_grad(kernel):
     finally:
         torch.set_num_threads(threads)
     assert not out.requires_grad and torch.equal(out, single) and torch.equal(out_t, single)
+
+
+def test_a_build_killed_midway_does_not_block_later_runs(kernel):
+    """torch's builder guards a build with a lock file that a killed build leaves behind; a later
+    process must not wait on it forever. The build also compiles the cached copy of the source, so
+    a checkout at another path reuses the same build."""
+    import subprocess
+    import sys
+
+    directory = native.build_dir()
+    (directory / "lock").touch()  # as left by a build killed mid-way
+    code = "from qmix.modules import native; print(native.configure('on'), native.active())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["None", "True"]
+    assert not (directory / "lock").exists()
+    assert str(directory / "gru_kernel.cpp") in (directory / "build.ninja").read_text()

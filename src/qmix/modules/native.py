@@ -15,6 +15,7 @@ one warning line), ``on`` (a build failure is an error), ``off`` (PyTorch path o
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -80,6 +81,25 @@ def _ninja_on_path() -> None:
         pass
 
 
+@contextlib.contextmanager
+def _exclusive(directory: Path):
+    """Hold an exclusive lock on ``directory`` against other processes (released by the operating
+    system if this process dies). Inside it, a build lock left by torch's builder is stale: its
+    builder was killed mid-build (it would otherwise make every later build wait forever)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: torch's own lock file alone
+        yield
+        return
+    with open(directory / "qmix.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            (directory / "lock").unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _build():
     compilers = (os.environ.get("CXX", "c++"), "c++", "g++", "clang++")
     if not is_built() and not any(shutil.which(c) for c in compilers):
@@ -90,8 +110,16 @@ def _build():
     flags = ["-O3", "-march=native"]
     # at::parallel_for in the extension runs on torch's OpenMP threads only if compiled with OpenMP.
     openmp = ["-fopenmp"] if sys.platform.startswith("linux") and torch.backends.openmp.is_available() else []
-    return load(name=extension_name(), sources=[str(_SOURCE)], extra_cflags=flags + openmp,
-                extra_ldflags=openmp, verbose=bool(os.environ.get("QMIX_NATIVE_VERBOSE")))
+    directory = build_dir()
+    with _exclusive(directory):
+        # Compile a copy kept in the build directory (the name holds the source's hash), so that
+        # installs or checkouts at other paths share one build instead of rebuilding in turn.
+        source = directory / _SOURCE.name
+        if not source.exists() or source.read_bytes() != _SOURCE.read_bytes():
+            shutil.copyfile(_SOURCE, source)
+        return load(name=extension_name(), sources=[str(source)], extra_cflags=flags + openmp,
+                    extra_ldflags=openmp, build_directory=str(directory),
+                    verbose=bool(os.environ.get("QMIX_NATIVE_VERBOSE")))
 
 
 def configure(mode: str = "auto") -> str | None:
