@@ -60,6 +60,10 @@ class Runner:
         self._rows = torch.arange(B, device=dev)
         self._first_row = self._rows * T1  # flat row of each copy's step 0 in the [B * (T+1)] staging
         self._first_step = self._rows * (T1 - 1)  # ... and in the [B * T] staging of actions, rewards
+        # Flat views of the staging arrays, written with one index_copy_ each per step.
+        self._flat = (self.obs.view(B * T1, n, info.obs_dim), self.state.view(B * T1, info.state_dim),
+                      self.avail.view(B * T1, n, info.n_actions))
+        self._flat_steps = (self.actions.view(-1, n), self.reward.view(-1), self.terminated.view(-1))
         self._now = None  # (obs, avail) each copy acts on next: the env's last answer
         self.started = False
         self.timing: dict[str, float] = defaultdict(float)  # seconds spent: act, env, store
@@ -72,15 +76,18 @@ class Runner:
 
     def _write_obs(self, flat, obs, state, avail) -> None:
         """Write the observations of the copies at staging rows ``flat`` (into ``[B * (T+1)]``)."""
-        self.obs.view(-1, *self.obs.shape[2:]).index_copy_(0, flat, obs)
-        self.state.view(-1, self.state.shape[-1]).index_copy_(0, flat, state)
-        self.avail.view(-1, *self.avail.shape[2:]).index_copy_(0, flat, avail)
+        obs_rows, state_rows, avail_rows = self._flat
+        obs_rows.index_copy_(0, flat, obs)
+        state_rows.index_copy_(0, flat, state)
+        avail_rows.index_copy_(0, flat, avail)
 
-    @torch.no_grad()
     def act(self, obs: torch.Tensor, avail: torch.Tensor, epsilon: float) -> torch.Tensor:
+        """Actions ``[B, n]`` for the copies' current ``obs``/``avail``; advances the hidden state.
+        Call it without gradient tracking (``collect`` does)."""
         q, self.hidden = self.agent.forward_step(obs, self.last_actions, self.hidden)  # q [B, n, A]
         return epsilon_greedy(q, avail, epsilon, self.generator)
 
+    @torch.no_grad()
     def collect(self, steps: int, epsilon: float, buffer=None) -> FinishedEpisodes:
         """Step every copy ``steps`` times; finished episodes go to ``buffer`` (if given)."""
         if not self.started:
@@ -88,8 +95,7 @@ class Runner:
         done = FinishedEpisodes()
         if self._now is None:  # restored from a checkpoint: read the current step back
             self._now = (self.obs[self._rows, self.t], self.avail[self._rows, self.t])
-        actions_flat, reward_flat = self.actions.view(-1, self.n_agents), self.reward.view(-1)
-        terminated_flat = self.terminated.view(-1)
+        actions_flat, reward_flat, terminated_flat = self._flat_steps
         clock, timing = time.perf_counter, self.timing
         for _ in range(steps):
             t0 = clock()

@@ -250,7 +250,7 @@ class GymCopy(SingleEnv):
         return self._observe(obs, info)
 
     def step(self, actions):
-        acts = tuple(int(a) for a in actions)
+        acts = tuple(np.asarray(actions).tolist())  # Python ints, as the libraries expect
         obs, rewards, terminated, truncated, info = self.env.step(acts)
         obs, state, avail = self._observe(obs, info)
         reward = team_reward(rewards, self.how)

@@ -72,6 +72,8 @@ def team_reward(rewards, how: str) -> float:
     (``how="sum"``) or averaged (``how="mean"``)."""
     if isinstance(rewards, dict):
         rewards = list(rewards.values())
+    if isinstance(rewards, (list, tuple)) and rewards and all(type(x) in (float, int) for x in rewards):
+        return float(sum(rewards) if how == "sum" else sum(rewards) / len(rewards))
     r = np.asarray(rewards, dtype=np.float64)
     if r.ndim == 0:
         return float(r)
@@ -347,12 +349,14 @@ class VectorEnv(BatchedEnv):
     def step(self, actions: torch.Tensor) -> StepResult:
         if self._closed:
             raise QmixError(f"environment {self.env_id} was closed.")
-        acts = actions.detach().to("cpu", torch.int64).numpy()
+        if actions.dtype != torch.int64 or actions.device.type != "cpu" or actions.requires_grad:
+            actions = actions.detach().to("cpu", torch.int64)
+        acts = actions.numpy()
         B = self.num_envs
         reward = np.zeros(B, np.float32)
         terminated = np.zeros(B, bool)
         truncated = np.zeros(B, bool)
-        infos = {k: np.zeros(B, np.float32) for k in self.info.info_keys}
+        infos = {k: np.zeros(B, np.float32) for k in self.info.info_keys} if self.info.info_keys else {}
         active = np.flatnonzero(~self._ended).tolist() if self._ended.any() else range(B)
         if self._workers:
             results = self._run("step", {i: acts[i] for i in active}).items()
@@ -373,7 +377,7 @@ class VectorEnv(BatchedEnv):
         self._ended |= terminated | truncated
         obs, state, avail = self._tensors()
         reward_t, terminated_t, truncated_t, *info_t = self._torch(reward, terminated, truncated, *infos.values())
-        return StepResult(obs, state, avail, reward_t, terminated_t, truncated_t, dict(zip(infos, info_t)))
+        return StepResult(obs, state, avail, reward_t, terminated_t, truncated_t, dict(zip(infos, info_t)) if infos else {})
 
     def get_state(self):
         """Deep copy of every copy (for checkpoints mid-episode); impossible with worker processes
