@@ -91,7 +91,12 @@ def _exclusive(directory: Path):
     except ImportError:  # not POSIX: torch's own lock file alone
         yield
         return
-    with open(directory / "qmix.lock", "a") as handle:
+    try:
+        handle = open(directory / "qmix.lock", "a")
+    except OSError:  # a read-only cache: nothing can be built there, torch's loader decides
+        yield
+        return
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             (directory / "lock").unlink(missing_ok=True)
