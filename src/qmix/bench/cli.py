@@ -116,7 +116,7 @@ def bench_train(name: str, steps: int | None, device: str, seed: int, extra: dic
         trainer = Trainer(cfg, tmp)
         c = trainer.counters
         t0 = time.perf_counter()
-        tests = 0
+        tests, last_log = 0, 0
         while c.t_env < cfg.t_max:
             if cfg.test_episodes > 0 and c.t_env - c.last_test_t >= cfg.test_interval:
                 c.last_test_t = c.t_env
@@ -124,6 +124,9 @@ def bench_train(name: str, steps: int | None, device: str, seed: int, extra: dic
                 trainer.last_test = trainer.test()
                 trainer.runner.timing["test"] += time.perf_counter() - t_test
                 tests += 1
+            if c.t_env - last_log >= cfg.log_interval:  # the training statistics, as `qmix train` logs them
+                last_log = c.t_env
+                trainer.train_metrics()
             trainer.train_step()
         wall = time.perf_counter() - t0
         timing = dict(trainer.runner.timing)
