@@ -278,8 +278,8 @@ class Learner:
             return False
         group = opt.param_groups[0]
         state = opt.state.get(self.flat)
-        if (not state or group["momentum"] or group["centered"] or group["weight_decay"]
-                or group["maximize"] or group["differentiable"] or group["capturable"]):
+        if not state or any(group.get(k) for k in ("momentum", "centered", "weight_decay", "maximize",
+                                                    "differentiable", "capturable")):
             return False
         grad, square_avg = self.flat.grad, state["square_avg"]
         state["step"] += 1
