@@ -99,18 +99,19 @@ def test_pair_equals_two_single_passes(kernel):
     w = [online.weight_ih_l0, online.bias_ih_l0, online.weight_hh_l0, online.bias_hh_l0]
     w_t = [p.detach() for p in (target.weight_ih_l0, target.bias_ih_l0, target.weight_hh_l0, target.bias_hh_l0)]
     upstream = torch.randn(packing.rows, x.shape[1], online.hidden_size)
+    x.requires_grad_()  # the input's gradient as well
     h, h_t = G.gru_packed_pair(x, x_t, packing.counts, w, w_t)
     assert not h_t.requires_grad
     (h * upstream).sum().backward()
-    grads = [p.grad.clone() for p in w]
-    for p in w:
+    grads = [p.grad.clone() for p in w + [x]]
+    for p in w + [x]:
         p.grad = None
     h1 = G.gru_packed(x, packing.counts, *w)
     (h1 * upstream).sum().backward()
     with torch.no_grad():
         h1_t = G.gru_packed(x_t, packing.counts, *w_t)
     assert torch.equal(h, h1) and torch.equal(h_t, h1_t)
-    for g, p in zip(grads, w):
+    for g, p in zip(grads, w + [x]):
         assert torch.equal(g, p.grad)
 
 
