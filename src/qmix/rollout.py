@@ -81,13 +81,11 @@ class Runner:
         state_rows.index_copy_(0, flat, state)
         avail_rows.index_copy_(0, flat, avail)
 
+    @torch.no_grad()
     def act(self, obs: torch.Tensor, avail: torch.Tensor, epsilon: float) -> torch.Tensor:
-        """Actions ``[B, n]`` for the copies' current ``obs``/``avail``; advances the hidden state.
-        Call it without gradient tracking (``collect`` does)."""
         q, self.hidden = self.agent.forward_step(obs, self.last_actions, self.hidden)  # q [B, n, A]
         return epsilon_greedy(q, avail, epsilon, self.generator)
 
-    @torch.no_grad()
     def collect(self, steps: int, epsilon: float, buffer=None) -> FinishedEpisodes:
         """Step every copy ``steps`` times; finished episodes go to ``buffer`` (if given)."""
         if not self.started:
