@@ -356,7 +356,7 @@ class VectorEnv(BatchedEnv):
         reward = np.zeros(B, np.float32)
         terminated = np.zeros(B, bool)
         truncated = np.zeros(B, bool)
-        infos = {k: np.zeros(B, np.float32) for k in self.info.info_keys} if self.info.info_keys else {}
+        infos = {k: np.zeros(B, np.float32) for k in self.info.info_keys}
         active = np.flatnonzero(~self._ended).tolist() if self._ended.any() else range(B)
         if self._workers:
             results = self._run("step", {i: acts[i] for i in active}).items()
@@ -377,7 +377,7 @@ class VectorEnv(BatchedEnv):
         self._ended |= terminated | truncated
         obs, state, avail = self._tensors()
         reward_t, terminated_t, truncated_t, *info_t = self._torch(reward, terminated, truncated, *infos.values())
-        return StepResult(obs, state, avail, reward_t, terminated_t, truncated_t, dict(zip(infos, info_t)) if infos else {})
+        return StepResult(obs, state, avail, reward_t, terminated_t, truncated_t, dict(zip(infos, info_t)))
 
     def get_state(self):
         """Deep copy of every copy (for checkpoints mid-episode); impossible with worker processes
