@@ -78,7 +78,18 @@ class EpisodeBuffer:
 
     def sample(self, batch_size: int, generator: torch.Generator) -> EpisodeBatch:
         """Uniform over stored episodes; the time axis is cut to the longest sampled episode."""
-        idx = torch.randint(len(self), (batch_size,), generator=generator).to(self.device)
+        return self.gather(self.draw(len(self), batch_size, generator))
+
+    @staticmethod
+    def draw(stored: int, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        """The rows of a uniform sample when ``stored`` episodes are in the buffer (with
+        replacement, as every sample of this buffer): drawn apart from :meth:`gather` so that a
+        sample can be drawn before its last episode is inserted (:mod:`qmix.overlap`)."""
+        return torch.randint(stored, (batch_size,), generator=generator)
+
+    def gather(self, idx: torch.Tensor) -> EpisodeBatch:
+        """The episodes at rows ``idx``, cut to the longest of them."""
+        idx = idx.to(self.device)
         T = int(self.length[idx].max())  # the one host sync per update, as in pymarl
         filled = torch.arange(T, device=self.device) < self.length[idx].unsqueeze(1)  # [B, T]
         return EpisodeBatch(

@@ -83,6 +83,7 @@ class Config:
     use_tensorboard: bool = True  # write TensorBoard events beside metrics.jsonl
     torch_threads: int = 0  # intra-op threads (0 = leave torch's default)
     native_kernels: Literal["auto", "on", "off"] = "auto"  # C++ GRU kernel for the CPU learner (auto: if it builds)
+    learner_process: Literal["auto", "on", "off"] = "auto"  # learn beside collection, same results (auto: num_envs=1 on >= 2 CPUs)
     progress: bool = True  # live progress bar on the console
 
     def to_dict(self) -> dict:

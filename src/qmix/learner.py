@@ -288,6 +288,41 @@ class Learner:
         return True
 
     @torch.no_grad()
+    def snapshot(self) -> dict:
+        """A copy of everything an update changes (trained parameters, soft-updated targets,
+        optimiser state, reward statistics, update count), for :meth:`restore`: cheap on the flat
+        parameter (a few tensor copies), unlike :meth:`state_dict` plus a deep copy."""
+        def copy_state(state: dict) -> dict:
+            return {k: v.clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v) for k, v in state.items()}
+
+        return {
+            "trained": [p.detach().clone() for p in self.trained],
+            "targets": [p.clone() for p in self._target_parameters()] if self.cfg.target_update_tau > 0 else None,
+            "optimizer": {p: copy_state(self.optimizer.state[p]) for p in self.trained if p in self.optimizer.state},
+            "reward_stats": self.reward_stats.state_dict() if self.reward_stats is not None else None,
+            "updates": self.updates,
+        }
+
+    @torch.no_grad()
+    def restore(self, snap: dict) -> None:
+        for p, saved in zip(self.trained, snap["trained"]):
+            p.copy_(saved)
+        if snap["targets"] is not None:
+            for p, saved in zip(self._target_parameters(), snap["targets"]):
+                p.copy_(saved)
+        self.optimizer.state.clear()
+        for p, state in snap["optimizer"].items():
+            self.optimizer.state[p] = {k: v.clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)
+                                       for k, v in state.items()}
+        if self.reward_stats is not None:
+            self.reward_stats.load_state_dict(snap["reward_stats"])
+        self.updates = snap["updates"]
+
+    def _target_parameters(self) -> list[torch.Tensor]:
+        nets = [self.target_agent] + ([self.target_mixer] if self.target_mixer is not None else [])
+        return [p for net in nets for p in net.parameters()]
+
+    @torch.no_grad()
     def hard_update_targets(self) -> None:
         self.target_agent.load_state_dict(self.agent.state_dict())
         if self.mixer is not None:

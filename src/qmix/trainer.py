@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from qmix import checkpoint as ckpt
+from qmix import overlap
 from qmix.buffer import EpisodeBuffer
 from qmix.config import Config, from_stored, resolve, to_yaml
 from qmix.controller import EpsilonSchedule
@@ -172,8 +173,13 @@ class Trainer:
                 f"{buffer_device}; lower buffer_size or set buffer_obs_dtype=float16."
             )
         self.buffer_bytes = need
-        self.buffer = EpisodeBuffer(cfg.buffer_size, info.episode_limit, info.n_agents, info.obs_dim,
-                                    info.state_dim, info.n_actions, buffer_device, cfg.buffer_obs_dtype)
+        self.overlap = overlap.wanted(cfg, self.device, buffer_device)
+        if self.overlap:
+            torch.set_num_threads(1)  # acting only here; the learner process has the other cores
+            self.buffer = None  # the learner process's, started below
+        else:
+            self.buffer = EpisodeBuffer(cfg.buffer_size, info.episode_limit, info.n_agents, info.obs_dim,
+                                        info.state_dim, info.n_actions, buffer_device, cfg.buffer_obs_dtype)
         # Separate generators: acting (on the env's device) and replay sampling (CPU).
         self.act_gen = torch.Generator(device=self.env.device).manual_seed(cfg.seed)
         self.test_gen = torch.Generator(device=self.env.device).manual_seed(cfg.seed + 1)
@@ -187,8 +193,9 @@ class Trainer:
         self.best_test: dict = {}
         self.env_state_warning = ""
         self.resume_warning = ""
-        if resume_state is not None:
-            self._restore(resume_state)
+        buffer_state = self._restore(resume_state) if resume_state is not None else None
+        if self.overlap:
+            self.buffer = overlap.LearnerProcess(cfg, info, self.learner, buffer_state, self.sample_gen)
         self.stop_signal: int | None = None
 
     # ----------------------------------------------------------------- state
@@ -199,6 +206,7 @@ class Trainer:
         elif test_env_state is None:
             self.env_state_warning = "test environment state could not be saved; tests after resume play other episodes"
         c = self.counters
+        remote = self.buffer.state(self.cfg.checkpoint_buffer) if self.overlap else None
         return {
             "config": self.cfg.to_dict(),
             "env_info": self.info.as_dict(),
@@ -207,7 +215,8 @@ class Trainer:
             "runner": self.runner.state_dict() if env_state is not None else None,
             "env_state": env_state,
             "test_env_state": test_env_state,
-            "buffer": self.buffer.state_dict() if self.cfg.checkpoint_buffer else None,
+            "buffer": (remote["buffer"] if remote is not None else
+                       self.buffer.state_dict() if self.cfg.checkpoint_buffer else None),
             "rng": {
                 "act": self.act_gen.get_state(),
                 "test": self.test_gen.get_state(),
@@ -220,14 +229,16 @@ class Trainer:
             "best_test": self.best_test,
         }
 
-    def _restore(self, state: dict) -> None:
+    def _restore(self, state: dict) -> dict | None:
+        """Load a checkpoint; returns its replay buffer's state where the learner process, not yet
+        started, is to load it."""
         saved = state["env_info"]
         if saved != self.info.as_dict():
             raise QmixError(f"the checkpoint was made for env sizes {saved}, but {self.cfg.env} has "
                             f"{self.info.as_dict()}.")
         self.learner.load_state_dict(state["learner"])
         self.counters = Counters(**state["counters"])
-        if state["buffer"] is not None:
+        if state["buffer"] is not None and self.buffer is not None:
             self.buffer.load_state_dict(state["buffer"])
         elif state.get("buffer_dropped"):
             self.resume_warning = ("this checkpoint's replay buffer was removed (checkpoint_keep_buffers); "
@@ -244,6 +255,7 @@ class Trainer:
         acc = state["accumulator"]
         self.acc = Accumulator(acc["episodes"], {k: [torch.tensor(x) for x in v] for k, v in acc["learner"].items()})
         self.last_test, self.best_test = state["last_test"], state["best_test"]
+        return state["buffer"]
 
     def save_checkpoint(self) -> Path:
         c = self.counters
@@ -259,7 +271,11 @@ class Trainer:
     def train_step(self) -> None:
         """One iteration: every copy steps once; learn as many times as finished episodes allow."""
         cfg, c = self.cfg, self.counters
-        finished = self.runner.collect(1, self.epsilon(c.t_env), self.buffer)
+        buffer = self.buffer
+        if self.overlap and not buffer.in_flight and c.episodes_since_update + 1 >= cfg.episodes_per_update \
+                and len(buffer) + 1 >= cfg.batch_size:
+            buffer.start_next()  # the update the next finished episode triggers runs while it is played
+        finished = self.runner.collect(1, self.epsilon(c.t_env), buffer)
         c.t_env += self.env.num_envs
         if len(finished):
             c.episode += len(finished)
@@ -267,18 +283,31 @@ class Trainer:
             self.acc.episodes.extend(finished)
         while c.episodes_since_update >= cfg.episodes_per_update:
             c.episodes_since_update -= cfg.episodes_per_update
-            if not self.buffer.can_sample(cfg.batch_size):
+            if not buffer.can_sample(cfg.batch_size):
                 continue
             t0 = time.perf_counter()
-            batch = self.buffer.sample(cfg.batch_size, self.sample_gen).to(self.device)
-            t1 = time.perf_counter()
-            self.acc.add_learner(self.learner.update(batch))
+            if self.overlap:  # the learner process's answer: "learn" is the time waited for it
+                t1 = t0
+                self.acc.add_learner(buffer.finish())
+            else:
+                batch = buffer.sample(cfg.batch_size, self.sample_gen).to(self.device)
+                t1 = time.perf_counter()
+                self.acc.add_learner(self.learner.update(batch))
             self.runner.timing["sample"] += t1 - t0
             self.runner.timing["learn"] += time.perf_counter() - t1
             c.updates += 1
         if cfg.target_update_tau == 0 and c.episode - c.last_target_update_episode >= cfg.target_update_interval:
-            self.learner.hard_update_targets()
+            (buffer if self.overlap else self.learner).hard_update_targets()
             c.last_target_update_episode = c.episode
+
+    def close(self) -> None:
+        """End the environments and the learner process (the networks stay usable here)."""
+        if self.overlap:
+            if self.buffer.alive():
+                self.buffer.state(with_buffer=False)  # the learner here takes the final networks
+            self.buffer.close()
+        self.env.close()
+        self.test_env.close()
 
     def train_metrics(self) -> dict:
         out = episode_metrics("train", self.acc.episodes)
@@ -482,8 +511,7 @@ def run_training(cfg: Config, run_dir: Path, resume_state: dict | None = None,
         logger.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        trainer.env.close()
-        trainer.test_env.close()
+        trainer.close()
 
     if stalled is not None:
         raise QmixError(stalled)

@@ -130,8 +130,7 @@ def bench_train(name: str, steps: int | None, device: str, seed: int, extra: dic
             trainer.train_step()
         wall = time.perf_counter() - t0
         timing = dict(trainer.runner.timing)
-        trainer.env.close()
-        trainer.test_env.close()
+        trainer.close()
     return {"scenario": name, "env": env_id, "steps": c.t_env, "wall_s": wall, "steps_per_s": c.t_env / wall,
             "updates": c.updates, "updates_per_s": c.updates / wall, "episodes": c.episode, "tests": tests,
             **{f"time_{k}_pct": 100 * v / wall for k, v in timing.items()},

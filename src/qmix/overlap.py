@@ -1,0 +1,277 @@
+"""Learning beside collection: the learner in a process of its own, bit for bit the serial run.
+
+With one environment the serial loop alternates: play episode k with the networks of update
+k-1, insert it, run update k, play episode k+1 with its result. Update k's batch is a uniform draw
+over the episodes stored once episode k is in, so it can be drawn before episode k is played. When
+none of the drawn rows is the one episode k is about to fill, update k reads only episodes already
+stored: it runs in the learner process, on another core, while episode k is played, and episode
+k+1 starts once it is done, as in the serial loop. When the draw does include that row, the update
+waits for the insertion, which is the serial order. Same data, same order, same random streams:
+the same networks and learning curve, bit for bit, only sooner (``tests/test_overlap.py``).
+
+The learner process owns the replay buffer, the learner (online and target networks, optimiser)
+and the replay-sampling generator; the main process keeps the environment, acting and a copy of
+the online networks, refreshed after every update. Messages go through a pipe as plain bytes and
+NumPy arrays (nothing in shared memory). A checkpoint taken while an update is in flight holds the
+state from before that update (the learner process keeps a snapshot), so resuming replays the
+serial run exactly.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import traceback
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from qmix.buffer import EpisodeBuffer
+from qmix.errors import QmixError
+
+MIN_STEPS = 20_000  # learner_process=auto: shorter runs do not repay the process start (~2 s)
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def wanted(cfg, device: torch.device, buffer_device: torch.device) -> bool:
+    """Whether this run learns in a separate process (``learner_process``); QmixError if ``on``
+    asks for it where it cannot work."""
+    fits = cfg.num_envs == 1 and device.type == "cpu" and buffer_device.type == "cpu"
+    if cfg.learner_process == "on":
+        if not fits:
+            raise QmixError("learner_process=on needs num_envs=1 and the networks and buffer on the CPU; "
+                            "set learner_process=auto or off.")
+        return True
+    return cfg.learner_process == "auto" and fits and usable_cpus() >= 2 and cfg.t_max >= MIN_STEPS
+
+
+def _to_bytes(obj) -> bytes:
+    out = io.BytesIO()
+    torch.save(obj, out)
+    return out.getvalue()
+
+
+def _from_bytes(data: bytes):
+    return torch.load(io.BytesIO(data), weights_only=False)
+
+
+class LearnerProcess:
+    """The main process's side: a stand-in for the replay buffer (``insert``, ``can_sample``)
+    plus the updates, run in the learner process."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, cfg, info, learner, buffer_state: dict | None, sample_gen: torch.Generator):
+        self.cfg, self.learner, self.sample_gen = cfg, learner, sample_gen
+        self.capacity = cfg.buffer_size
+        self.episodes_in = buffer_state["episodes_in"] if buffer_state is not None else 0
+        self.in_flight = False
+        self._done: tuple | None = None  # an update's answer that came while waiting for another
+        threads = cfg.torch_threads if cfg.torch_threads > 0 else max(1, usable_cpus() - 1)
+        init = _to_bytes({"learner": learner.state_dict(), "buffer": buffer_state,
+                          "sample_gen": sample_gen.get_state()})
+        # A fresh interpreter (a fork would inherit this process's OpenMP and allocator state;
+        # multiprocessing's spawn would re-run the user's main script).
+        ours, theirs = socket.socketpair()
+        package_root = str(Path(__file__).resolve().parent.parent)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+        self._proc = subprocess.Popen([sys.executable, "-m", "qmix.overlap", str(theirs.fileno())],
+                                      pass_fds=[theirs.fileno()], env=env)
+        theirs.close()
+        self._conn = Connection(ours.detach())
+        self._send((cfg, info, threads, init))
+        self._receive("ready")
+
+    # -------------------------------------------------------- the buffer's face
+    def __len__(self) -> int:
+        return min(self.episodes_in, self.capacity)
+
+    def can_sample(self, batch_size: int) -> bool:
+        return len(self) >= batch_size
+
+    def insert(self, obs, state, avail, actions, reward, terminated, length) -> None:
+        self._send(("insert", [t.numpy() for t in (obs, state, avail, actions, reward, terminated, length)]))
+        self.episodes_in += int(length.shape[0])
+
+    # -------------------------------------------------------------- updates
+    def start_next(self) -> None:
+        """Start the update that the next inserted episode triggers (drawn now, run as soon as its
+        rows are all stored)."""
+        stored = min(self.episodes_in + 1, self.capacity)
+        self._send(("update", stored, self.episodes_in % self.capacity))
+        self.in_flight = True
+
+    def finish(self) -> dict:
+        """The statistics of the update due now (the one in flight, or one run now), after which
+        the acting networks hold its result."""
+        if not self.in_flight:
+            self._send(("update", len(self), None))
+        self.in_flight = False
+        if self._done is not None:
+            answer, self._done = self._done, None
+        else:
+            answer = self._receive("done")
+        stats, flat = answer[1], answer[2]
+        with torch.no_grad():
+            self.learner.flat.copy_(torch.from_numpy(flat))
+        return stats
+
+    def hard_update_targets(self) -> None:
+        self._send(("target",))
+
+    def state(self, with_buffer: bool) -> dict:
+        """The learner's, the buffer's and the sampling generator's state as the serial run has them
+        now (before an update in flight); the main process's learner is brought up to it."""
+        self._send(("state", self.in_flight, with_buffer))
+        state = _from_bytes(self._receive("state")[1])
+        self.learner.load_state_dict(state["learner"])
+        self.sample_gen.set_state(state["sample_gen"])
+        return state
+
+    def alive(self) -> bool:
+        return self._proc.poll() is None
+
+    def close(self) -> None:
+        if self.alive():
+            try:
+                self._conn.send(("stop",))
+                self._proc.wait(timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                self._proc.kill()
+                self._proc.wait()
+        self._conn.close()
+
+    # ------------------------------------------------------------- plumbing
+    def _send(self, msg) -> None:
+        try:
+            self._conn.send(msg)
+        except OSError:
+            self._died()
+
+    def _receive(self, kind: str) -> tuple:
+        while True:
+            try:
+                msg = self._conn.recv()
+            except (EOFError, OSError):
+                self._died()
+            if msg[0] == "error":
+                self._wait()
+                raise QmixError(f"the learner process failed: {msg[1]}")
+            if msg[0] == kind:
+                return msg
+            if msg[0] == "done":  # an update that finished while we wait for something else
+                self._done = msg
+                continue
+            raise QmixError(f"the learner process answered {msg[0]!r} where {kind!r} was due (a bug; please report it).")
+
+    def _wait(self) -> int | None:
+        try:
+            return self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def _died(self):
+        code = self._wait()
+        raise QmixError(f"the learner process exited unexpectedly (exit code {code}); "
+                        "if memory is short, set learner_process=off.")
+
+
+def _serve(fd: int) -> None:
+    """The learner process: answers the main process's messages, in order, until ``stop`` (or
+    until the main process is gone)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the main process decides
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    conn = Connection(fd)
+    try:
+        cfg, info, threads, init = conn.recv()
+        _serve_loop(conn, cfg, info, threads, init)
+    except EOFError:  # the main process ended
+        pass
+    except BaseException as exc:  # reported to the main process, which ends the run with it
+        try:
+            conn.send(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=-3)}"))
+        except OSError:
+            pass
+
+
+def _serve_loop(conn, cfg, info, threads: int, init: bytes) -> None:
+    from qmix.learner import Learner
+    from qmix.modules import build_agent, build_mixer
+    from qmix.system import configure_allocator
+    from qmix.trainer import configure_kernels
+
+    configure_allocator()
+    torch.set_num_threads(threads)
+    cpu = torch.device("cpu")
+    configure_kernels(cfg.native_kernels, cpu)
+    start = _from_bytes(init)
+    learner = Learner(cfg, build_agent(cfg, info.obs_dim, info.n_agents, info.n_actions),
+                      build_mixer(cfg, info.n_agents, info.state_dim), info.n_actions)
+    learner.load_state_dict(start["learner"])
+    buffer = EpisodeBuffer(cfg.buffer_size, info.episode_limit, info.n_agents, info.obs_dim, info.state_dim,
+                           info.n_actions, cpu, cfg.buffer_obs_dtype)
+    if start["buffer"] is not None:
+        buffer.load_state_dict(start["buffer"])
+    gen = torch.Generator().manual_seed(0)
+    gen.set_state(start["sample_gen"])
+    conn.send(("ready",))
+
+    waiting = None  # rows of an update that waits for the episode being played
+    before = None  # (learner snapshot, generator state) from before the update in flight
+
+    def update(idx):
+        stats = learner.update(buffer.gather(idx))
+        stats = {k: float(v) for k, v in stats.items()}
+        conn.send(("done", stats, learner.flat.detach().numpy().copy()))
+
+    while True:
+        msg = conn.recv()
+        kind = msg[0]
+        if kind == "insert":
+            buffer.insert(*(torch.from_numpy(a) for a in msg[1]))
+            if waiting is not None:
+                update(waiting)
+                waiting = None
+        elif kind == "update":
+            stored, next_row = msg[1], msg[2]
+            if next_row is not None:  # ahead of the episode that triggers it
+                before = (learner.snapshot(), gen.get_state())
+            idx = buffer.draw(stored, cfg.batch_size, gen)
+            if next_row is not None and bool((idx == next_row).any()):
+                waiting = idx
+            else:
+                update(idx)
+        elif kind == "target":
+            learner.hard_update_targets()
+        elif kind == "state":
+            in_flight, with_buffer = msg[1], msg[2]
+            now = (learner.snapshot(), gen.get_state()) if in_flight else None
+            if in_flight:
+                learner.restore(before[0])
+                gen.set_state(before[1])
+            state = {"learner": learner.state_dict(), "sample_gen": gen.get_state(),
+                     "buffer": buffer.state_dict() if with_buffer else None}
+            conn.send(("state", _to_bytes(state)))
+            if now is not None:
+                learner.restore(now[0])
+                gen.set_state(now[1])
+        elif kind == "stop":
+            return
+        else:
+            raise RuntimeError(f"unknown message {kind!r}")
+
+
+if __name__ == "__main__":
+    _serve(int(sys.argv[1]))

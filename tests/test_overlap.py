@@ -1,0 +1,114 @@
+"""learner_process: learning in a process of its own gives the serial run, bit for bit."""
+
+import io
+
+import pytest
+import torch
+
+from qmix import overlap
+from qmix.config import resolve
+from qmix.errors import QmixError
+from qmix.trainer import Trainer
+
+# One battle at a time, a buffer small enough to wrap around (and so to draw the row the next
+# episode fills, which must wait for it), hard target updates every few episodes.
+BASE = {"alg": "qmix", "env": "matrix:two-step", "num_envs": 1, "episodes_per_update": 1, "seed": 5, "t_max": 100_000, "batch_size": 4,
+        "buffer_size": 12, "target_update_interval": 5, "rnn_hidden_dim": 16, "mixing_embed_dim": 8,
+        "torch_threads": 1, "test_episodes": 0, "progress": False, "use_tensorboard": False,
+        "checkpoint_interval": 0}
+
+
+def trainer(tmp_path, name, **overrides):
+    return Trainer(resolve({**BASE, **overrides}), tmp_path / name)
+
+
+def train_to(tr, steps):
+    while tr.counters.t_env < steps:
+        tr.train_step()
+
+
+def frozen(state):
+    """A deep copy (the live state holds the networks' own tensors)."""
+    out = io.BytesIO()
+    torch.save(state, out)
+    return torch.load(io.BytesIO(out.getvalue()), weights_only=False)
+
+
+def assert_same(a, b, where="state"):
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            assert_same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def comparable(state):
+    state = dict(state)
+    state["config"] = {k: v for k, v in state["config"].items() if k != "learner_process"}
+    return state
+
+
+@pytest.mark.parametrize("extra", [{}, {"optimizer": "adam", "standardise_rewards": True, "target_update_tau": 0.01}],
+                         ids=["rmsprop-hard-targets", "adam-soft-targets"])
+def test_same_run_as_serial_and_checkpoints_hold_the_serial_state(tmp_path, extra):
+    serial = trainer(tmp_path, "serial", learner_process="off", **extra)
+    train_to(serial, 351)
+    serial_mid = frozen(serial._state())
+    train_to(serial, 700)
+    serial_end = frozen(serial._state())
+    serial.close()
+
+    ahead = trainer(tmp_path, "ahead", learner_process="on", **extra)
+    assert ahead.overlap
+    train_to(ahead, 351)
+    assert ahead.buffer.in_flight  # the checkpoint is taken while an update runs ahead
+    mid = frozen(ahead._state())
+    ahead.close()
+    assert ahead.counters.updates > 8
+    assert_same(comparable(mid), comparable(serial_mid))
+
+    resumed = Trainer(resolve({**BASE, "learner_process": "on", **extra}), tmp_path / "resumed", resume_state=mid)
+    train_to(resumed, 700)
+    end = frozen(resumed._state())
+    resumed.close()
+    assert_same(comparable(end), comparable(serial_end))
+
+
+def test_statistics_and_acting_networks_follow_the_updates(tmp_path):
+    tr = trainer(tmp_path, "run", learner_process="on")
+    train_to(tr, 600)
+    metrics = tr.train_metrics()
+    assert metrics["updates"] == tr.counters.updates > 0
+    assert metrics["loss"] > 0 and metrics["grad_norm"] > 0
+    acting = [p.clone() for p in tr.learner.agent.parameters()]
+    tr.close()  # brings the learner here up to the last update
+    learned = list(tr.learner.agent.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(acting, learned))
+
+
+def test_a_learner_process_that_dies_ends_the_run_with_one_line(tmp_path):
+    tr = trainer(tmp_path, "run", learner_process="on")
+    train_to(tr, 200)
+    tr.buffer._proc.kill()
+    tr.buffer._proc.wait()
+    with pytest.raises(QmixError, match="learner process exited unexpectedly"):
+        train_to(tr, 2000)
+    tr.close()
+
+
+def test_when_it_is_used(tmp_path):
+    cpu = torch.device("cpu")
+    cfg = resolve({**BASE, "learner_process": "auto"})
+    assert overlap.wanted(cfg, cpu, cpu) == (overlap.usable_cpus() >= 2)
+    assert not overlap.wanted(resolve({**BASE, "t_max": 5000}), cpu, cpu)  # too short to repay the start
+    assert not overlap.wanted(resolve({**BASE, "num_envs": 8}), cpu, cpu)
+    assert not overlap.wanted(resolve({**BASE, "learner_process": "off"}), cpu, cpu)
+    with pytest.raises(QmixError, match="learner_process=on needs num_envs=1"):
+        overlap.wanted(resolve({**BASE, "num_envs": 8, "learner_process": "on"}), cpu, cpu)
