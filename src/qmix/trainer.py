@@ -435,7 +435,8 @@ def run_training(cfg: Config, run_dir: Path, resume_state: dict | None = None,
         progress.line(f"qmix: training {cfg.alg} on {cfg.env} (seed {cfg.seed}) -> {run_dir}  "
                       f"[{trainer.info.n_agents} agents, {trainer.info.n_actions} actions, "
                       f"buffer {trainer.buffer_bytes / 2**20:.0f} MiB on {trainer.buffer.device}"
-                      f"{', native GRU kernel' if native.active() else ''}]")
+                      f"{', native GRU kernel' if native.active() else ''}"
+                      f"{', learning in a second process' if trainer.overlap else ''}]")
         if cfg.env_args.get("compile"):
             progress.line("qmix: the simulator is compiled at its first steps (cached on disk for later runs; "
                           "env_args.compile=false skips it)")

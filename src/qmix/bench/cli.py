@@ -133,6 +133,7 @@ def bench_train(name: str, steps: int | None, device: str, seed: int, extra: dic
         trainer.close()
     return {"scenario": name, "env": env_id, "steps": c.t_env, "wall_s": wall, "steps_per_s": c.t_env / wall,
             "updates": c.updates, "updates_per_s": c.updates / wall, "episodes": c.episode, "tests": tests,
+            "learner_process": trainer.overlap,
             **{f"time_{k}_pct": 100 * v / wall for k, v in timing.items()},
             # absolute costs: per training env step (acting, stepping, staging) and per update
             **{f"{k}_us_per_step": 1e6 * timing[k] / c.t_env for k in ("act", "env", "store") if k in timing},
