@@ -112,3 +112,10 @@ def test_when_it_is_used(tmp_path):
     assert not overlap.wanted(resolve({**BASE, "learner_process": "off"}), cpu, cpu)
     with pytest.raises(QmixError, match="learner_process=on needs num_envs=1"):
         overlap.wanted(resolve({**BASE, "num_envs": 8, "learner_process": "on"}), cpu, cpu)
+
+
+def test_a_one_cpu_share_does_not_start_it(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # as a sweep gives a trial of one CPU
+    assert overlap.usable_cpus() == 1
+    assert not overlap.wanted(resolve({**BASE, "learner_process": "auto"}), cpu, cpu)

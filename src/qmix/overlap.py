@@ -39,10 +39,17 @@ MIN_STEPS = 20_000  # learner_process=auto: shorter runs do not repay the proces
 
 
 def usable_cpus() -> int:
+    """The CPUs this run may use: those it may be scheduled on, and no more than OMP_NUM_THREADS
+    where that is set (as a sweep does for each trial, to its share of the machine)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    try:
+        cpus = min(cpus, int(os.environ.get("OMP_NUM_THREADS", "")))
+    except ValueError:
+        pass
+    return max(1, cpus)
 
 
 def wanted(cfg, device: torch.device, buffer_device: torch.device) -> bool:
@@ -50,11 +57,12 @@ def wanted(cfg, device: torch.device, buffer_device: torch.device) -> bool:
     asks for it where it cannot work."""
     fits = cfg.num_envs == 1 and device.type == "cpu" and buffer_device.type == "cpu"
     if cfg.learner_process == "on":
-        if not fits:
-            raise QmixError("learner_process=on needs num_envs=1 and the networks and buffer on the CPU; "
-                            "set learner_process=auto or off.")
+        if not fits or os.name != "posix":
+            raise QmixError("learner_process=on needs num_envs=1, the networks and buffer on the CPU, and a "
+                            "POSIX system (Linux, macOS); set learner_process=auto or off.")
         return True
-    return cfg.learner_process == "auto" and fits and usable_cpus() >= 2 and cfg.t_max >= MIN_STEPS
+    return (cfg.learner_process == "auto" and fits and os.name == "posix" and usable_cpus() >= 2
+            and cfg.t_max >= MIN_STEPS)
 
 
 def _to_bytes(obj) -> bytes:
