@@ -119,3 +119,20 @@ def test_a_one_cpu_share_does_not_start_it(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # as a sweep gives a trial of one CPU
     assert overlap.usable_cpus() == 1
     assert not overlap.wanted(resolve({**BASE, "learner_process": "auto"}), cpu, cpu)
+
+
+def test_logged_memory_counts_the_learner_process(tmp_path):
+    from qmix.system import resident_mib
+    from qmix.trainer import perf_metrics
+
+    tr = trainer(tmp_path, "run", learner_process="on")
+    try:
+        own = resident_mib()
+        if own is None:
+            pytest.skip("resident memory is read from /proc (Linux)")
+        child = resident_mib(tr.buffer.pid)
+        assert child > 50  # an interpreter with torch loaded
+        logged = perf_metrics(1.0, torch.device("cpu"), tr.buffer.pid)["perf/rss_mib"]
+        assert logged >= own + child - 5
+    finally:
+        tr.close()

@@ -148,6 +148,10 @@ class LearnerProcess:
         self.sample_gen.set_state(state["sample_gen"])
         return state
 
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
     def alive(self) -> bool:
         return self._proc.poll() is None
 

@@ -41,10 +41,11 @@ def configure_allocator() -> bool:
     return _done
 
 
-def resident_mib() -> float | None:
-    """This process's resident memory in MiB (Linux ``/proc/self/statm``); ``None`` elsewhere."""
+def resident_mib(pid: int | str = "self") -> float | None:
+    """A process's resident memory in MiB (Linux ``/proc/<pid>/statm``; this one by default);
+    ``None`` elsewhere or if it is gone."""
     try:
-        with open("/proc/self/statm") as f:
+        with open(f"/proc/{pid}/statm") as f:
             pages = int(f.read().split()[1])
         return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
     except (OSError, ValueError, IndexError, AttributeError):

@@ -396,12 +396,15 @@ class _Progress:
             self.live.stop()
 
 
-def perf_metrics(sps: float, device: torch.device) -> dict:
+def perf_metrics(sps: float, device: torch.device, learner_pid: int | None = None) -> dict:
     """Throughput and memory since the last log line, for watching long runs: ``perf/steps_per_s``
-    (env steps per second of wall time), ``perf/rss_mib`` (resident memory, Linux only) and, on
-    CUDA, ``perf/cuda_mib`` (the most memory torch held on the GPU since the last log line)."""
+    (env steps per second of wall time), ``perf/rss_mib`` (resident memory, Linux only, the
+    learner process's included) and, on CUDA, ``perf/cuda_mib`` (the most memory torch held on
+    the GPU since the last log line)."""
     out = {"perf/steps_per_s": round(sps, 1)}
     rss = resident_mib()
+    if rss is not None and learner_pid is not None:
+        rss += resident_mib(learner_pid) or 0.0
     if rss is not None:
         out["perf/rss_mib"] = round(rss, 1)
     if device.type == "cuda":
@@ -487,7 +490,8 @@ def run_training(cfg: Config, run_dir: Path, resume_state: dict | None = None,
                 sps = (c.t_env - last_t) / max(now - last_wall, 1e-9)
                 since, last_t, last_wall = last_t, c.t_env, now
                 metrics = trainer.train_metrics()
-                logger.log(record({**metrics, **perf_metrics(sps, trainer.device)}))
+                logger.log(record({**metrics, **perf_metrics(sps, trainer.device,
+                                                              trainer.buffer.pid if trainer.overlap else None)}))
                 progress.update(c.t_env, _status(trainer, sps))
                 window, updates_at_log = c.updates - updates_at_log, c.updates
                 if window >= STALL_UPDATES and metrics.get("nonfinite_updates") == 1.0:
