@@ -35,7 +35,15 @@ MICRO_ARGS = ["--env", "micro:3m", "--seed", "3", "t_max=4000", "checkpoint_inte
               "env_args.compile=false"]
 
 
-@pytest.mark.parametrize("args", [ARGS, MICRO_ARGS], ids=["matrix", "micro"])
+# One env with the learner in a second process: the signal reaches the main process (and, from a
+# terminal, the learner process too, which leaves it to the main one), checkpoints hold the serial
+# state even with an update running ahead.
+OVERLAP_ARGS = ["--env", "matrix:two-step", "--seed", "3", "t_max=2000", "checkpoint_interval=250",
+                "test_interval=250", "log_interval=250", "use_tensorboard=false", "torch_threads=1",
+                "num_envs=1", "episodes_per_update=1", "batch_size=8", "learner_process=on"]
+
+
+@pytest.mark.parametrize("args", [ARGS, MICRO_ARGS, OVERLAP_ARGS], ids=["matrix", "micro", "learner-process"])
 def test_sigterm_then_resume_matches_uninterrupted(tmp_path, args):
     full, cut = tmp_path / "full", tmp_path / "cut"
     p = qmix(*args, "--out", str(full))
