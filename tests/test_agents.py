@@ -28,3 +28,43 @@ def test_first_layer_and_forward_match_the_concatenated_input(last_action, agent
         q, hidden = net.forward_step(obs[:, t], last[:, t], hidden)
         steps.append(q)
     torch.testing.assert_close(net.forward_seq(obs, last), torch.stack(steps, 1), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("recurrent", [False, True])
+def test_acting_follows_every_change_of_the_weights(recurrent):
+    """forward_step keeps its weights' views between calls (without gradients): they must follow
+    in-place updates (optimiser steps, loading), flattening into one buffer, and copies."""
+    import copy
+
+    from qmix.learner import flatten_parameters
+
+    torch.manual_seed(1)
+    B, n, o, A, H = 2, 3, 5, 4, 8
+    net = AgentNetwork(InputLayout(o, A, n, False, True), H, recurrent)
+    obs, last, hidden = torch.randn(B, n, o), torch.zeros(B, n, dtype=torch.long), torch.randn(B, n, H)
+
+    def fresh(module):  # with gradients enabled nothing is cached
+        with torch.enable_grad():
+            return module.forward_step(obs, last, hidden)[0].detach()
+
+    def acting(module):
+        with torch.no_grad():
+            return module.forward_step(obs, last, hidden)[0]
+
+    assert torch.equal(acting(net), fresh(net))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p))  # an optimiser step
+    assert torch.equal(acting(net), fresh(net))
+    flatten_parameters(list(net.parameters()))  # the storage moves
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(0.5)
+    assert torch.equal(acting(net), fresh(net))
+    other = copy.deepcopy(net)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(1.0)
+    assert torch.equal(acting(other), fresh(other))
+    assert torch.equal(acting(net), fresh(net))
+    assert not torch.equal(acting(other), acting(net))

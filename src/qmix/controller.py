@@ -24,8 +24,8 @@ def epsilon_greedy(q: torch.Tensor, avail: torch.Tensor, epsilon: float, generat
     if epsilon <= 0.0:
         return masked_argmax(q, avail)
     noise = torch.rand(*q.shape[:-1], q.shape[-1] + 1, device=q.device, generator=generator)  # [B, n, A+1]
-    explore = noise[..., -1:] < epsilon  # [B, n, 1]
-    return masked_argmax(torch.where(explore, noise[..., :-1], q), avail)
+    scores, draw = noise.split([q.shape[-1], 1], dim=-1)  # [B, n, A], [B, n, 1]
+    return masked_argmax(torch.where(draw < epsilon, scores, q), avail)
 
 
 class EpsilonSchedule:

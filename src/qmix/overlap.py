@@ -25,6 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import traceback
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -86,6 +87,7 @@ class LearnerProcess:
         self.capacity = cfg.buffer_size
         self.episodes_in = buffer_state["episodes_in"] if buffer_state is not None else 0
         self.in_flight = False
+        self.busy_s = 0.0  # time the learner process spent in updates (sampling included)
         self._done: tuple | None = None  # an update's answer that came while waiting for another
         threads = cfg.torch_threads if cfg.torch_threads > 0 else max(1, usable_cpus() - 1)
         init = _to_bytes({"learner": learner.state_dict(), "buffer": buffer_state,
@@ -132,6 +134,7 @@ class LearnerProcess:
         else:
             answer = self._receive("done")
         stats, flat = answer[1], answer[2]
+        self.busy_s += answer[3]
         with torch.no_grad():
             self.learner.flat.copy_(torch.from_numpy(flat))
         return stats
@@ -244,9 +247,10 @@ def _serve_loop(conn, cfg, info, threads: int, init: bytes) -> None:
     before = None  # (learner snapshot, generator state) from before the update in flight
 
     def update(idx):
+        start = time.perf_counter()
         stats = learner.update(buffer.gather(idx))
         stats = {k: float(v) for k, v in stats.items()}
-        conn.send(("done", stats, learner.flat.detach().numpy().copy()))
+        conn.send(("done", stats, learner.flat.detach().numpy().copy(), time.perf_counter() - start))
 
     while True:
         msg = conn.recv()

@@ -130,6 +130,7 @@ def bench_train(name: str, steps: int | None, device: str, seed: int, extra: dic
             trainer.train_step()
         wall = time.perf_counter() - t0
         timing = dict(trainer.runner.timing)
+        busy = trainer.buffer.busy_s if trainer.overlap else None
         trainer.close()
     return {"scenario": name, "env": env_id, "steps": c.t_env, "wall_s": wall, "steps_per_s": c.t_env / wall,
             "updates": c.updates, "updates_per_s": c.updates / wall, "episodes": c.episode, "tests": tests,
@@ -138,6 +139,8 @@ def bench_train(name: str, steps: int | None, device: str, seed: int, extra: dic
             # absolute costs: per training env step (acting, stepping, staging) and per update
             **{f"{k}_us_per_step": 1e6 * timing[k] / c.t_env for k in ("act", "env", "store") if k in timing},
             "learn_ms_per_update": 1e3 * timing.get("learn", 0.0) / max(c.updates, 1),
+            # with a learner process, "learn" above is the time waited for it; its own time per update:
+            **({"learner_process_ms_per_update": 1e3 * busy / max(c.updates, 1)} if busy is not None else {}),
             "last_test": trainer.last_test, "peak_rss_mib": peak_memory_mib()}
 
 

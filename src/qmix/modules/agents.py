@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -81,6 +82,31 @@ def first_layer(layout: InputLayout, fc1: nn.Linear, obs: torch.Tensor, last_act
     return x.view(rows.shape)
 
 
+class _StepWeights(NamedTuple):
+    key: tuple
+    obs_cols: torch.Tensor | None  # fc1's observation columns (agent-id-only input)
+    id_rows: torch.Tensor | None  # fc1's agent-id columns as rows [n, H]
+    b1: torch.Tensor
+    mid_w: torch.Tensor | None
+    mid_b: torch.Tensor | None
+    gru: tuple | None
+    out_w: torch.Tensor
+    out_b: torch.Tensor
+
+    @staticmethod
+    def of(net: "AgentNetwork", key: tuple) -> "_StepWeights":
+        layout, fc1 = net.layout, net.fc1
+        obs_cols = id_rows = None
+        if layout.agent_id and not layout.last_action:
+            o, n = layout.obs_dim, layout.n_agents
+            obs_cols, id_rows = fc1.weight[:, :o], fc1.weight[:, o: o + n].t()
+        mid = getattr(net, "fc_mid", None)
+        rnn = getattr(net, "rnn", None)
+        gru = (rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0) if rnn is not None else None
+        return _StepWeights(key, obs_cols, id_rows, fc1.bias, mid.weight if mid is not None else None,
+                            mid.bias if mid is not None else None, gru, net.fc2.weight, net.fc2.bias)
+
+
 class AgentNetwork(nn.Module):
     """Shared-parameter DRQN (``recurrent=True``) or MLP agent."""
 
@@ -120,19 +146,30 @@ class AgentNetwork(nn.Module):
                      hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One step for acting: ``obs [B, n, o]``, ``last_actions [B, n]``, ``hidden [B, n, H]``."""
         # Functional calls on the weights: at one env per step, module-call overhead was a third
-        # of the acting time.
-        x = first_layer(self.layout, self.fc1, obs, last_actions).relu_()  # [B, n, H]
-        fc2 = self.fc2
+        # of the acting time; attribute lookups and weight slices are done once (_step_weights).
+        # (Cached only without gradients: the views were taken without them.)
+        w = _StepWeights.of(self, ()) if torch.is_grad_enabled() else self._step_weights()
+        if w.id_rows is not None:  # agent id, no previous action: the rows added by broadcasting
+            x = F.linear(obs.float(), w.obs_cols).add_(w.id_rows).add_(w.b1).relu_()
+        else:
+            x = first_layer(self.layout, self.fc1, obs, last_actions).relu_()  # [B, n, H]
         if not self.recurrent:
-            mid = self.fc_mid
-            return F.linear(F.linear(x, mid.weight, mid.bias).relu_(), fc2.weight, fc2.bias), hidden
+            return F.linear(F.linear(x, w.mid_w, w.mid_b).relu_(), w.out_w, w.out_b), hidden
         B, n, H = x.shape
-        rnn = self.rnn
-        h = torch.gru_cell(
-            x.view(B * n, H), hidden.reshape(B * n, H),
-            rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0,
-        ).view(B, n, H)
-        return F.linear(h, fc2.weight, fc2.bias), h
+        h = torch.gru_cell(x.view(B * n, H), hidden.reshape(B * n, H), *w.gru).view(B, n, H)
+        return F.linear(h, w.out_w, w.out_b), h
+
+    def _step_weights(self) -> "_StepWeights":
+        """The acting step's weights (parameters and views of them), rebuilt when the parameters'
+        storage moves (flattening into one buffer, ``.to``); views follow every in-place update.
+        The cached views hold the old storage, so its address cannot be reused while cached."""
+        key = (self.fc1.weight.data_ptr(), self.fc2.weight.data_ptr())
+        cached = self.__dict__.get("_step_cache")
+        if cached is None or cached.key != key:
+            with torch.no_grad():
+                cached = _StepWeights.of(self, key)
+            object.__setattr__(self, "_step_cache", cached)  # a plain attribute: not in state_dict
+        return cached
 
 
 def forward_packed_pair(online: nn.Module, target: nn.Module, obs: torch.Tensor, last_actions: torch.Tensor,
