@@ -55,8 +55,9 @@ def comparable(state):
     return state
 
 
-@pytest.mark.parametrize("extra", [{}, {"optimizer": "adam", "standardise_rewards": True, "target_update_tau": 0.01}],
-                         ids=["rmsprop-hard-targets", "adam-soft-targets"])
+@pytest.mark.parametrize("extra", [{}, {"optimizer": "adam", "standardise_rewards": True, "target_update_tau": 0.01,
+                                 "buffer_obs_dtype": "bfloat16"}],
+                         ids=["rmsprop-hard-targets", "adam-soft-targets-bfloat16"])
 def test_same_run_as_serial_and_checkpoints_hold_the_serial_state(tmp_path, extra):
     serial = trainer(tmp_path, "serial", learner_process="off", **extra)
     train_to(serial, 351)

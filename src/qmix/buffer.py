@@ -33,6 +33,8 @@ class EpisodeBatch:
 
 
 class EpisodeBuffer:
+    FIELDS = ("obs", "state", "avail", "actions", "reward", "terminated", "length")  # the stored arrays
+
     def __init__(self, capacity: int, max_len: int, n_agents: int, obs_dim: int, state_dim: int,
                  n_actions: int, device: torch.device, obs_dtype: str = "float32"):
         self.capacity, self.max_len, self.device = capacity, max_len, device
@@ -106,7 +108,7 @@ class EpisodeBuffer:
         """The stored episodes (only those: a view would be saved with its whole storage)."""
         n = len(self)
         out = {"episodes_in": self.episodes_in}
-        for k in ("obs", "state", "avail", "actions", "reward", "terminated", "length"):
+        for k in self.FIELDS:
             x = getattr(self, k)
             out[k] = (x[:n].clone() if n < self.capacity else x).cpu()
         return out
@@ -115,6 +117,6 @@ class EpisodeBuffer:
         n = data["length"].shape[0]
         if n > self.capacity:
             raise QmixError("the checkpoint's replay buffer is larger than buffer_size; keep the run's buffer_size.")
-        for k in ("obs", "state", "avail", "actions", "reward", "terminated", "length"):
+        for k in self.FIELDS:
             getattr(self, k)[:n] = data[k].to(self.device)
         self.episodes_in = data["episodes_in"]

@@ -85,13 +85,14 @@ class LearnerProcess:
     def __init__(self, cfg, info, learner, buffer_state: dict | None, sample_gen: torch.Generator):
         self.cfg, self.learner, self.sample_gen = cfg, learner, sample_gen
         self.capacity = cfg.buffer_size
+        if buffer_state is not None and buffer_state["length"].shape[0] > self.capacity:
+            raise QmixError("the checkpoint's replay buffer is larger than buffer_size; keep the run's buffer_size.")
         self.episodes_in = buffer_state["episodes_in"] if buffer_state is not None else 0
         self.in_flight = False
         self.busy_s = 0.0  # time the learner process spent in updates (sampling included)
         self._done: tuple | None = None  # an update's answer that came while waiting for another
         threads = cfg.torch_threads if cfg.torch_threads > 0 else max(1, usable_cpus() - 1)
-        init = _to_bytes({"learner": learner.state_dict(), "buffer": buffer_state,
-                          "sample_gen": sample_gen.get_state()})
+        init = _to_bytes({"learner": learner.state_dict(), "sample_gen": sample_gen.get_state()})
         # A fresh interpreter (a fork would inherit this process's OpenMP and allocator state;
         # multiprocessing's spawn would re-run the user's main script).
         ours, theirs = socket.socketpair()
@@ -102,6 +103,10 @@ class LearnerProcess:
         theirs.close()
         self._conn = Connection(ours.detach())
         self._send((cfg, info, threads, init))
+        try:
+            _send_arrays(self._conn, buffer_state)  # the replay buffer of a resumed run, streamed
+        except OSError:
+            self._died()
         self._receive("ready")
 
     # -------------------------------------------------------- the buffer's face
@@ -147,6 +152,10 @@ class LearnerProcess:
         now (before an update in flight); the main process's learner is brought up to it."""
         self._send(("state", self.in_flight, with_buffer))
         state = _from_bytes(self._receive("state")[1])
+        try:
+            state["buffer"] = _receive_arrays(self._conn)
+        except (EOFError, OSError):
+            self._died()
         self.learner.load_state_dict(state["learner"])
         self.sample_gen.set_state(state["sample_gen"])
         return state
@@ -203,6 +212,44 @@ class LearnerProcess:
                         "if memory is short, set learner_process=off.")
 
 
+def _bytes_of(x: torch.Tensor) -> np.ndarray:
+    """The bytes of a contiguous tensor, as a NumPy view (any dtype, bfloat16 included)."""
+    return x.reshape(-1).view(torch.uint8).numpy() if x.numel() else np.empty(0, np.uint8)
+
+
+def _send_arrays(conn, arrays: dict | None) -> None:
+    """Replay-buffer contents (``EpisodeBuffer.state_dict()``'s form), each array's bytes sent
+    straight from its memory: no pickled copy of what can be gigabytes."""
+    if arrays is None:
+        conn.send(None)
+        return
+    conn.send({"episodes_in": arrays["episodes_in"],
+               "arrays": [(k, tuple(arrays[k].shape), arrays[k].dtype) for k in EpisodeBuffer.FIELDS]})
+    for k in EpisodeBuffer.FIELDS:
+        conn.send_bytes(_bytes_of(arrays[k].contiguous()))
+
+
+def _receive_arrays(conn, into: EpisodeBuffer | None = None) -> dict | None:
+    """What :func:`_send_arrays` sent, received into new tensors, or straight into ``into``'s
+    storage (whose state it then is)."""
+    meta = conn.recv()
+    if meta is None:
+        return None
+    out = {"episodes_in": meta["episodes_in"]}
+    for k, shape, dtype in meta["arrays"]:
+        x = torch.empty(shape, dtype=dtype) if into is None else getattr(into, k)[: shape[0]]
+        if tuple(x.shape) != tuple(shape) or x.dtype != dtype:
+            raise QmixError("the checkpoint's replay buffer does not fit this run's buffer; keep the run's "
+                            "buffer_size and buffer_obs_dtype.")
+        target = _bytes_of(x)
+        if conn.recv_bytes_into(target) != target.nbytes:
+            raise RuntimeError(f"replay array {k} arrived short")
+        out[k] = x
+    if into is not None:
+        into.episodes_in = meta["episodes_in"]
+    return out
+
+
 def _serve(fd: int) -> None:
     """The learner process: answers the main process's messages, in order, until ``stop`` (or
     until the main process is gone)."""
@@ -215,8 +262,10 @@ def _serve(fd: int) -> None:
     except EOFError:  # the main process ended
         pass
     except BaseException as exc:  # reported to the main process, which ends the run with it
+        text = str(exc) if isinstance(exc, QmixError) else \
+            f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=-3)}"
         try:
-            conn.send(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=-3)}"))
+            conn.send(("error", text))
         except OSError:
             pass
 
@@ -237,8 +286,7 @@ def _serve_loop(conn, cfg, info, threads: int, init: bytes) -> None:
     learner.load_state_dict(start["learner"])
     buffer = EpisodeBuffer(cfg.buffer_size, info.episode_limit, info.n_agents, info.obs_dim, info.state_dim,
                            info.n_actions, cpu, cfg.buffer_obs_dtype)
-    if start["buffer"] is not None:
-        buffer.load_state_dict(start["buffer"])
+    _receive_arrays(conn, into=buffer)
     gen = torch.Generator().manual_seed(0)
     gen.set_state(start["sample_gen"])
     conn.send(("ready",))
@@ -277,9 +325,10 @@ def _serve_loop(conn, cfg, info, threads: int, init: bytes) -> None:
             if in_flight:
                 learner.restore(before[0])
                 gen.set_state(before[1])
-            state = {"learner": learner.state_dict(), "sample_gen": gen.get_state(),
-                     "buffer": buffer.state_dict() if with_buffer else None}
-            conn.send(("state", _to_bytes(state)))
+            conn.send(("state", _to_bytes({"learner": learner.state_dict(), "sample_gen": gen.get_state()})))
+            stored = len(buffer)
+            _send_arrays(conn, {"episodes_in": buffer.episodes_in,
+                                **{k: getattr(buffer, k)[:stored] for k in buffer.FIELDS}} if with_buffer else None)
             if now is not None:
                 learner.restore(now[0])
                 gen.set_state(now[1])
