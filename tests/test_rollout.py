@@ -1,6 +1,7 @@
 """Acting and staging: epsilon-greedy choices, and the episodes the runner hands to the buffer are
 exactly what the environment produced, step by step, for every copy."""
 
+import pytest
 import torch
 
 from qmix.buffer import EpisodeBuffer
@@ -55,15 +56,17 @@ class Recorder:
         return res
 
 
-def test_runner_stages_exactly_what_the_env_returned():
+@pytest.mark.parametrize("num_envs", [3, 1])  # one copy on the CPU is staged through NumPy views
+def test_runner_stages_exactly_what_the_env_returned(num_envs):
     cfg = resolve({"env": "micro:3m"})
-    env = Recorder(make("micro:3m", num_envs=3, seed=4))
+    env = Recorder(make("micro:3m", num_envs=num_envs, seed=4))
     info = env.info
     agent = build_agent(cfg, info.obs_dim, info.n_agents, info.n_actions)
     buffer = EpisodeBuffer(64, info.episode_limit, info.n_agents, info.obs_dim, info.state_dim,
                            info.n_actions, torch.device("cpu"))
     runner = Runner(cfg, env, agent, torch.Generator().manual_seed(0))
-    finished = runner.collect(150, epsilon=0.5, buffer=buffer)
+    assert (runner._one_copy is not None) == (num_envs == 1)
+    finished = runner.collect(150 * 3 // num_envs, epsilon=0.5, buffer=buffer)
     assert len(finished) >= 3 and buffer.episodes_in == len(finished)
     ended = [iter([ep for ep in log if ep[-1].get("reward", 0) is None]) for log in env.log]
     for e, (copy, length) in enumerate(zip(finished.copies, finished.lengths)):
@@ -79,3 +82,29 @@ def test_runner_stages_exactly_what_the_env_returned():
                 assert bool(buffer.terminated[e, t]) == step["terminated"]
         assert (buffer.obs[e, length + 1:] == 0).all() and (buffer.actions[e, length:] == 0).all()
         assert abs(finished.returns[e] - sum(s["reward"] for s in episode[:-1])) < 1e-4
+
+
+def test_one_copy_staging_is_the_tensor_path_bit_for_bit():
+    """The single-copy NumPy writes against the general tensor path: same buffer, same staging
+    (an episode in flight included), same statistics."""
+    cfg = resolve({"env": "micro:3m"})
+    out = []
+    for numpy_path in (True, False):
+        env = make("micro:3m", num_envs=1, seed=7)
+        info = env.info
+        torch.manual_seed(0)
+        agent = build_agent(cfg, info.obs_dim, info.n_agents, info.n_actions)
+        buffer = EpisodeBuffer(64, info.episode_limit, info.n_agents, info.obs_dim, info.state_dim,
+                               info.n_actions, torch.device("cpu"))
+        runner = Runner(cfg, env, agent, torch.Generator().manual_seed(1))
+        if not numpy_path:
+            runner._one_copy = None
+        finished = runner.collect(333, epsilon=0.3, buffer=buffer)
+        out.append((finished, buffer.state_dict(), runner.state_dict()))
+    (fa, ba, ra), (fb, bb, rb) = out
+    assert len(fa) >= 5 and fa.returns == fb.returns and fa.lengths == fb.lengths and fa.info == fb.info
+    for k in ba:
+        assert torch.equal(torch.as_tensor(ba[k]), torch.as_tensor(bb[k])), k
+    for k in ra:
+        assert torch.equal(torch.as_tensor(ra[k]), torch.as_tensor(rb[k])), k
+    assert int(ra["t"][0]) > 0  # an episode was in flight

@@ -64,6 +64,13 @@ class Runner:
         self._flat = (self.obs.view(B * T1, n, info.obs_dim), self.state.view(B * T1, info.state_dim),
                       self.avail.view(B * T1, n, info.n_actions))
         self._flat_steps = (self.actions.view(-1, n), self.reward.view(-1), self.terminated.view(-1))
+        # One copy on the CPU: each step's writes go through NumPy views of the same staging memory
+        # (a few NumPy assignments instead of a dozen tensor operations; the same bytes written).
+        self._one_copy = None
+        if B == 1 and dev.type == "cpu":
+            self._one_copy = tuple(x[0].numpy() for x in (self.obs, self.state, self.avail, self.actions,
+                                                          self.reward, self.terminated)) \
+                + (self.t.numpy(), self.ep_return.numpy(), torch.ones(1, dtype=torch.bool))
         self._now = None  # (obs, avail) each copy acts on next: the env's last answer
         self.started = False
         self.timing: dict[str, float] = defaultdict(float)  # seconds spent: act, env, store
@@ -102,23 +109,46 @@ class Runner:
             t1 = clock()
             res = self.env.step(actions)
             t2 = clock()
-            step = self._first_step + self.t  # flat index of each copy's step t in [B * T]
-            actions_flat.index_copy_(0, step, actions)
-            reward_flat.index_copy_(0, step, res.reward)
-            terminated_flat.index_copy_(0, step, res.terminated)
-            self.ep_return += res.reward
+            if self._one_copy is not None:
+                ended = self._store_one(actions, res)
+            else:
+                step = self._first_step + self.t  # flat index of each copy's step t in [B * T]
+                actions_flat.index_copy_(0, step, actions)
+                reward_flat.index_copy_(0, step, res.reward)
+                terminated_flat.index_copy_(0, step, res.terminated)
+                self.ep_return += res.reward
+                self.t += 1
+                self._write_obs(self._first_row + self.t, res.obs, res.state, res.avail)
+                ended = res.terminated | res.truncated
+                if not ended.any():
+                    ended = None
             self.last_actions = actions
-            self.t += 1
-            self._write_obs(self._first_row + self.t, res.obs, res.state, res.avail)
             self._now = (res.obs, res.avail)
-            ended = res.terminated | res.truncated
-            if ended.any():
+            if ended is not None:
                 done.extend(self._finish(ended, res.info, buffer))
             t3 = clock()
             timing["act"] += t1 - t0
             timing["env"] += t2 - t1
             timing["store"] += t3 - t2
         return done
+
+    def _store_one(self, actions: torch.Tensor, res) -> torch.Tensor | None:
+        """The collect step's writes for a single CPU copy, through NumPy views; returns the
+        ``ended`` mask if its episode ended, else None."""
+        obs, state, avail, acts, reward, terminated, t_view, ep_return, ended = self._one_copy
+        t = int(t_view[0])
+        r = res.reward.numpy()
+        term = res.terminated.numpy()
+        acts[t] = actions.numpy()[0]
+        reward[t] = r[0]
+        terminated[t] = term[0]
+        ep_return += r
+        t += 1
+        t_view[0] = t
+        obs[t] = res.obs.numpy()[0]
+        state[t] = res.state.numpy()[0]
+        avail[t] = res.avail.numpy()[0]
+        return ended if term[0] or res.truncated.numpy()[0] else None
 
     def _finish(self, ended: torch.Tensor, info: dict, buffer) -> FinishedEpisodes:
         idx = ended.nonzero().squeeze(1)
