@@ -138,10 +138,10 @@ class LearnerProcess:
             answer, self._done = self._done, None
         else:
             answer = self._receive("done")
-        stats, flat = answer[1], answer[2]
+        stats, acting = answer[1], answer[2]
         self.busy_s += answer[3]
-        with torch.no_grad():
-            self.learner.flat.copy_(torch.from_numpy(flat))
+        with torch.no_grad():  # the agent's parameters lead the flat buffer; the mixer's follow at checkpoints
+            self.learner.flat[: acting.shape[0]].copy_(torch.from_numpy(acting))
         return stats
 
     def hard_update_targets(self) -> None:
@@ -294,11 +294,15 @@ def _serve_loop(conn, cfg, info, threads: int, init: bytes) -> None:
     waiting = None  # rows of an update that waits for the episode being played
     before = None  # (learner snapshot, generator state) from before the update in flight
 
+    acting = sum(p.numel() for p in learner.agent.parameters())  # the acting networks' share of the flat buffer
+    if next(learner.agent.parameters()).data_ptr() != learner.flat.data_ptr():
+        raise RuntimeError("the agent's parameters do not lead the learner's flat buffer")
+
     def update(idx):
         start = time.perf_counter()
         stats = learner.update(buffer.gather(idx))
         stats = {k: float(v) for k, v in stats.items()}
-        conn.send(("done", stats, learner.flat.detach().numpy().copy(), time.perf_counter() - start))
+        conn.send(("done", stats, learner.flat.detach()[:acting].numpy().copy(), time.perf_counter() - start))
 
     while True:
         msg = conn.recv()
