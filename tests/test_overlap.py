@@ -137,3 +137,26 @@ def test_logged_memory_counts_the_learner_process(tmp_path):
         assert logged >= own + child - 5
     finally:
         tr.close()
+
+
+def test_large_episodes_and_networks_do_not_block_the_two_processes(tmp_path):
+    """An episode insert (megabytes of 27-agent observations) and an update's result (a wide
+    agent network) both larger than the socket's buffer, sent at the same time: neither side may
+    wait on the other forever."""
+    import threading
+
+    cfg = resolve({**BASE, "env": "micro:27m_vs_30m", "seed": 1, "rnn_hidden_dim": 256, "batch_size": 2, "buffer_size": 64,
+                   "learner_process": "on", "env_args": {"compile": False}})
+    tr = Trainer(cfg, tmp_path / "run")
+    try:
+        def go():
+            while tr.counters.updates < 12:
+                tr.train_step()
+
+        worker = threading.Thread(target=go, daemon=True)
+        worker.start()
+        worker.join(timeout=120)
+        assert not worker.is_alive(), "the main and learner processes are blocked on each other"
+    finally:
+        if not worker.is_alive():
+            tr.close()

@@ -11,8 +11,9 @@ the same networks and learning curve, bit for bit, only sooner (``tests/test_ove
 
 The learner process owns the replay buffer, the learner (online and target networks, optimiser)
 and the replay-sampling generator; the main process keeps the environment, acting and a copy of
-the online networks, refreshed after every update. Messages go through a pipe as plain bytes and
-NumPy arrays (nothing in shared memory). A checkpoint taken while an update is in flight holds the
+the online networks, refreshed after every update. Messages go through a socket as plain bytes and
+NumPy arrays (nothing in shared memory; the replay buffer, at checkpoints and resumes, streamed
+from and into its own memory). A checkpoint taken while an update is in flight holds the
 state from before that update (the learner process keeps a snapshot), so resuming replays the
 serial run exactly.
 """
@@ -21,10 +22,12 @@ from __future__ import annotations
 
 import io
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from multiprocessing.connection import Connection
@@ -291,6 +294,22 @@ def _serve_loop(conn, cfg, info, threads: int, init: bytes) -> None:
     gen.set_state(start["sample_gen"])
     conn.send(("ready",))
 
+    # A thread only reads, so the main process's sends (an episode can be megabytes) always go
+    # through even while this process is blocked sending an update's result that the main process
+    # will read only after its own send: two blocked sends would wait for each other forever.
+    inbox: queue.SimpleQueue = queue.SimpleQueue()
+
+    def read() -> None:
+        try:
+            while True:
+                msg = conn.recv()
+                inbox.put(msg)
+                if msg[0] == "stop":
+                    return
+        except (EOFError, OSError):  # the main process ended
+            inbox.put(("stop",))
+
+    threading.Thread(target=read, name="qmix-learner-inbox", daemon=True).start()
     waiting = None  # rows of an update that waits for the episode being played
     before = None  # (learner snapshot, generator state) from before the update in flight
 
@@ -305,7 +324,7 @@ def _serve_loop(conn, cfg, info, threads: int, init: bytes) -> None:
         conn.send(("done", stats, learner.flat.detach()[:acting].numpy().copy(), time.perf_counter() - start))
 
     while True:
-        msg = conn.recv()
+        msg = inbox.get()
         kind = msg[0]
         if kind == "insert":
             buffer.insert(*(torch.from_numpy(a) for a in msg[1]))
