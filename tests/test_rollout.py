@@ -108,3 +108,37 @@ def test_one_copy_staging_is_the_tensor_path_bit_for_bit():
     for k in ra:
         assert torch.equal(torch.as_tensor(ra[k]), torch.as_tensor(rb[k])), k
     assert int(ra["t"][0]) > 0  # an episode was in flight
+
+
+def test_small_cpu_epsilon_greedy_is_the_tensor_path_bit_for_bit(monkeypatch):
+    """Small batches choose in NumPy: the same draw must give the same actions as the tensor path,
+    ties, masks, NaN and epsilons next to a draw included."""
+    import qmix.controller as controller
+
+    gen = torch.Generator().manual_seed(3)
+    cases = []
+    for B, n, A in [(1, 2, 6), (1, 3, 9), (4, 5, 7), (1, 27, 36)]:
+        for _ in range(200):
+            q = torch.randint(-3, 3, (B, n, A), generator=gen).float()  # many ties
+            if torch.rand((), generator=gen) < 0.1:
+                q[0, 0, 0] = float("nan")
+            avail = torch.rand(B, n, A, generator=gen) < 0.7
+            avail[..., 0] |= ~avail.any(-1)
+            cases.append((q, avail, float(torch.rand((), generator=gen))))
+    cases.append((torch.zeros(1, 2, 3), torch.ones(1, 2, 3, dtype=torch.bool), 1.0))
+    results = []
+    for small in (controller.SMALL, 0):
+        monkeypatch.setattr(controller, "SMALL", small)
+        g = torch.Generator().manual_seed(11)
+        results.append([epsilon_greedy(q, avail, eps, g) for q, avail, eps in cases])
+    for a, b in zip(*results):
+        assert a.dtype == b.dtype == torch.int64 and torch.equal(a, b)
+    # epsilons at and around a draw: compared in float32, as torch compares with a Python scalar
+    draw = float(torch.rand(1, 1, 4, generator=torch.Generator().manual_seed(5))[0, 0, 3])
+    q, avail = torch.tensor([[[0.0, 2.0, 1.0]]]), torch.ones(1, 1, 3, dtype=torch.bool)  # greedy 1, explorer 2
+    for eps in (draw, draw + 1e-9, draw - 1e-9, draw + 1e-7, draw - 1e-7):
+        chosen = []
+        for small in (1024, 0):
+            monkeypatch.setattr(controller, "SMALL", small)
+            chosen.append(epsilon_greedy(q, avail, eps, torch.Generator().manual_seed(5)))
+        assert torch.equal(*chosen), eps
