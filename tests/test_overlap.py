@@ -160,3 +160,23 @@ def test_large_episodes_and_networks_do_not_block_the_two_processes(tmp_path):
     finally:
         if not worker.is_alive():
             tr.close()
+
+
+def test_checkpoint_buffer_is_written_by_the_learner_process(tmp_path):
+    from qmix import checkpoint as ckpt
+
+    tr = trainer(tmp_path, "run", learner_process="on")
+    try:
+        train_to(tr, 301)
+        expected = frozen(tr._state())["buffer"]
+        path = tr.save_checkpoint()
+        saved = ckpt.load(path)["buffer"]
+        assert_same(saved, expected, "buffer")
+        # a refused write is an OSError here (the checkpoint code turns it into a warning) and
+        # the learner process goes on
+        with pytest.raises(OSError):
+            tr.buffer.write_buffer(tmp_path / "no such directory" / "buffer.pt")
+        train_to(tr, 400)
+        assert tr.counters.updates > 0
+    finally:
+        tr.close()

@@ -47,7 +47,8 @@ def _write(path: Path, obj) -> None:
 def save(run_dir: Path, t_env: int, state: dict, keep: int = 0, keep_buffers: int = 0) -> Path:
     """Write ``state`` as ``checkpoints/step_<t_env>`` and point ``latest`` at it.
 
-    ``state["buffer"]`` (the replay buffer, or None) goes to its own file. ``keep``: keep only the
+    ``state["buffer"]`` (the replay buffer, a function writing it to the path it is given, or
+    None) goes to its own file. ``keep``: keep only the
     newest ``keep`` checkpoints (0: all); ``keep_buffers``: only the newest ``keep_buffers`` keep
     their replay buffer (0: all), the older ones keep everything else.
 
@@ -64,7 +65,9 @@ def save(run_dir: Path, t_env: int, state: dict, keep: int = 0, keep_buffers: in
             shutil.rmtree(tmp)
         tmp.mkdir()
         buffer = state.get("buffer")
-        if buffer is not None:
+        if callable(buffer):  # it writes the file itself (a learner process's buffer)
+            buffer(tmp / BUFFER_FILE)
+        elif buffer is not None:
             _write(tmp / BUFFER_FILE, buffer)
         _write(tmp / STATE_FILE, {"format_version": FORMAT_VERSION, **state,
                                   "buffer": BUFFER_FILE if buffer is not None else None})

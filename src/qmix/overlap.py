@@ -12,8 +12,8 @@ the same networks and learning curve, bit for bit, only sooner (``tests/test_ove
 The learner process owns the replay buffer, the learner (online and target networks, optimiser)
 and the replay-sampling generator; the main process keeps the environment, acting and a copy of
 the online networks, refreshed after every update. Messages go through a socket as plain bytes and
-NumPy arrays (nothing in shared memory; the replay buffer, at checkpoints and resumes, streamed
-from and into its own memory). A checkpoint taken while an update is in flight holds the
+NumPy arrays (nothing in shared memory; the learner process writes a checkpoint's replay-buffer
+file itself, and a resumed buffer is streamed into its memory). A checkpoint taken while an update is in flight holds the
 state from before that update (the learner process keeps a snapshot), so resuming replays the
 serial run exactly.
 """
@@ -162,6 +162,14 @@ class LearnerProcess:
         self.learner.load_state_dict(state["learner"])
         self.sample_gen.set_state(state["sample_gen"])
         return state
+
+    def write_buffer(self, path: Path) -> None:
+        """Have the learner process write the replay buffer's checkpoint file at ``path`` (as
+        ``EpisodeBuffer.state_dict()`` saved by the main process would be); OSError if it cannot."""
+        self._send(("write_buffer", str(path)))
+        answer = self._receive("written")
+        if answer[1] is not None:
+            raise OSError(answer[1])
 
     @property
     def pid(self) -> int:
@@ -355,6 +363,17 @@ def _serve_loop(conn, cfg, info, threads: int, init: bytes) -> None:
             if now is not None:
                 learner.restore(now[0])
                 gen.set_state(now[1])
+        elif kind == "write_buffer":
+            path = Path(msg[1])
+            try:
+                with open(path, "wb") as f:
+                    torch.save(buffer.state_dict(), f)
+                    f.flush()
+                    os.fsync(f.fileno())
+                conn.send(("written", None))
+            except OSError as exc:  # a full disk: the main process keeps training and says so
+                path.unlink(missing_ok=True)
+                conn.send(("written", exc.strerror or str(exc)))
         elif kind == "stop":
             return
         else:

@@ -199,14 +199,17 @@ class Trainer:
         self.stop_signal: int | None = None
 
     # ----------------------------------------------------------------- state
-    def _state(self) -> dict:
+    def _state(self, for_checkpoint: bool = False) -> dict:
+        """Everything a resume needs. ``for_checkpoint``: with a learner process, the replay buffer
+        is a function that has that process write its file (the buffer never crosses over)."""
         env_state, test_env_state = _env_state(self.env), _env_state(self.test_env)
         if env_state is None:
             self.env_state_warning = "environment state could not be saved; resume starts fresh episodes"
         elif test_env_state is None:
             self.env_state_warning = "test environment state could not be saved; tests after resume play other episodes"
         c = self.counters
-        remote = self.buffer.state(self.cfg.checkpoint_buffer) if self.overlap else None
+        direct = for_checkpoint and self.overlap and self.cfg.checkpoint_buffer
+        remote = self.buffer.state(self.cfg.checkpoint_buffer and not direct) if self.overlap else None
         return {
             "config": self.cfg.to_dict(),
             "env_info": self.info.as_dict(),
@@ -215,7 +218,7 @@ class Trainer:
             "runner": self.runner.state_dict() if env_state is not None else None,
             "env_state": env_state,
             "test_env_state": test_env_state,
-            "buffer": (remote["buffer"] if remote is not None else
+            "buffer": (self.buffer.write_buffer if direct else remote["buffer"] if remote is not None else
                        self.buffer.state_dict() if self.cfg.checkpoint_buffer else None),
             "rng": {
                 "act": self.act_gen.get_state(),
@@ -260,7 +263,7 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         c = self.counters
         c.last_checkpoint_t = c.t_env
-        return ckpt.save(self.run_dir, c.t_env, self._state(), keep=self.cfg.checkpoint_keep,
+        return ckpt.save(self.run_dir, c.t_env, self._state(for_checkpoint=True), keep=self.cfg.checkpoint_keep,
                          keep_buffers=self.cfg.checkpoint_keep_buffers)
 
     # ----------------------------------------------------------------- steps
