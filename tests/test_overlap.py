@@ -180,3 +180,21 @@ def test_checkpoint_buffer_is_written_by_the_learner_process(tmp_path):
         assert tr.counters.updates > 0
     finally:
         tr.close()
+
+
+def test_a_resumed_buffer_is_converted_to_the_runs_storage_type(tmp_path):
+    """As in one process (EpisodeBuffer.load_state_dict), a saved buffer resumed with another
+    buffer_obs_dtype is converted."""
+    first = trainer(tmp_path, "first", learner_process="on")
+    train_to(first, 120)
+    saved = frozen(first._state())
+    first.close()
+    resumed = Trainer(resolve({**BASE, "learner_process": "on", "buffer_obs_dtype": "bfloat16"}),
+                      tmp_path / "resumed", resume_state=saved)
+    try:
+        buffer = frozen(resumed._state())["buffer"]
+        assert buffer["obs"].dtype == torch.bfloat16
+        assert torch.equal(buffer["obs"], saved["buffer"]["obs"].to(torch.bfloat16))
+        assert torch.equal(buffer["actions"], saved["buffer"]["actions"])
+    finally:
+        resumed.close()

@@ -248,13 +248,17 @@ def _receive_arrays(conn, into: EpisodeBuffer | None = None) -> dict | None:
         return None
     out = {"episodes_in": meta["episodes_in"]}
     for k, shape, dtype in meta["arrays"]:
-        x = torch.empty(shape, dtype=dtype) if into is None else getattr(into, k)[: shape[0]]
-        if tuple(x.shape) != tuple(shape) or x.dtype != dtype:
+        dest = None if into is None else getattr(into, k)[: shape[0]]
+        if dest is not None and tuple(dest.shape) != tuple(shape):
             raise QmixError("the checkpoint's replay buffer does not fit this run's buffer; keep the run's "
-                            "buffer_size and buffer_obs_dtype.")
+                            "buffer_size.")
+        # straight into the buffer where the dtypes agree; else converted as EpisodeBuffer.load_state_dict does
+        x = dest if dest is not None and dest.dtype == dtype else torch.empty(shape, dtype=dtype)
         target = _bytes_of(x)
         if conn.recv_bytes_into(target) != target.nbytes:
             raise RuntimeError(f"replay array {k} arrived short")
+        if dest is not None and x is not dest:
+            dest.copy_(x)
         out[k] = x
     if into is not None:
         into.episodes_in = meta["episodes_in"]
