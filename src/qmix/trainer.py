@@ -208,8 +208,14 @@ class Trainer:
         elif test_env_state is None:
             self.env_state_warning = "test environment state could not be saved; tests after resume play other episodes"
         c = self.counters
-        direct = for_checkpoint and self.overlap and self.cfg.checkpoint_buffer
-        remote = self.buffer.state(self.cfg.checkpoint_buffer and not direct) if self.overlap else None
+        keep_buffer = self.cfg.checkpoint_buffer
+        if not self.overlap:
+            buffer = self.buffer.state_dict() if keep_buffer else None
+        else:  # first, as it also brings this process's learner and sampler up to the serial state
+            direct = for_checkpoint and keep_buffer
+            buffer = self.buffer.state(keep_buffer and not direct)["buffer"]
+            if direct:
+                buffer = self.buffer.write_buffer
         return {
             "config": self.cfg.to_dict(),
             "env_info": self.info.as_dict(),
@@ -218,8 +224,7 @@ class Trainer:
             "runner": self.runner.state_dict() if env_state is not None else None,
             "env_state": env_state,
             "test_env_state": test_env_state,
-            "buffer": (self.buffer.write_buffer if direct else remote["buffer"] if remote is not None else
-                       self.buffer.state_dict() if self.cfg.checkpoint_buffer else None),
+            "buffer": buffer,
             "rng": {
                 "act": self.act_gen.get_state(),
                 "test": self.test_gen.get_state(),

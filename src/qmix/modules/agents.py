@@ -74,12 +74,18 @@ def first_layer(layout: InputLayout, fc1: nn.Linear, obs: torch.Tensor, last_act
     if layout.agent_id:
         n = layout.n_agents
         if not layout.last_action:  # one row per agent: broadcast additions, no lookup
-            return F.linear(obs.float(), w[:, :o]).add_(w[:, col: col + n].t()).add_(fc1.bias)
+            return _agent_id_only(obs, w[:, :o], w[:, col: col + n].t(), fc1.bias)
         table = table + w[:, col: col + n].t().unsqueeze(0)  # [., n, H]
         index = index * n + torch.arange(n, device=obs.device)
     rows = F.embedding(index.expand(obs.shape[:-1]), table.reshape(-1, H))  # [..., n, H]
     x = torch.addmm(rows.view(-1, H), obs.reshape(-1, o).float(), w[:, :o].t())
     return x.view(rows.shape)
+
+
+def _agent_id_only(obs: torch.Tensor, obs_cols: torch.Tensor, id_rows: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """The first layer when the agent id is the only one-hot part: ``obs [..., n, o]`` times the
+    observation columns, plus each agent's id column (``id_rows [n, H]``) and the bias."""
+    return F.linear(obs.float(), obs_cols).add_(id_rows).add_(bias)
 
 
 class _StepWeights(NamedTuple):
@@ -150,7 +156,7 @@ class AgentNetwork(nn.Module):
         # (Cached only without gradients: the views were taken without them.)
         w = _StepWeights.of(self, ()) if torch.is_grad_enabled() else self._step_weights()
         if w.id_rows is not None:  # agent id, no previous action: the rows added by broadcasting
-            x = F.linear(obs.float(), w.obs_cols).add_(w.id_rows).add_(w.b1).relu_()
+            x = _agent_id_only(obs, w.obs_cols, w.id_rows, w.b1).relu_()
         else:
             x = first_layer(self.layout, self.fc1, obs, last_actions).relu_()  # [B, n, H]
         if not self.recurrent:
