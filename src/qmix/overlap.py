@@ -101,8 +101,11 @@ class LearnerProcess:
         ours, theirs = socket.socketpair()
         package_root = str(Path(__file__).resolve().parent.parent)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+        # Its own session: a terminal's Ctrl-C (sent to the foreground group) reaches only the main
+        # process, even while this one is still starting; it ends when the main process's end
+        # closes the socket.
         self._proc = subprocess.Popen([sys.executable, "-m", "qmix.overlap", str(theirs.fileno())],
-                                      pass_fds=[theirs.fileno()], env=env)
+                                      pass_fds=[theirs.fileno()], env=env, start_new_session=True)
         theirs.close()
         self._conn = Connection(ours.detach())
         self._send((cfg, info, threads, init))
