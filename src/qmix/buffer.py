@@ -113,10 +113,17 @@ class EpisodeBuffer:
             out[k] = (x[:n].clone() if n < self.capacity else x).cpu()
         return out
 
-    def load_state_dict(self, data: dict) -> None:
+    @staticmethod
+    def check_fits(data: dict, capacity: int) -> int:
+        """The number of episodes in a saved buffer (``state_dict()``'s form); QmixError if a
+        buffer of ``capacity`` cannot hold them."""
         n = data["length"].shape[0]
-        if n > self.capacity:
+        if n > capacity:
             raise QmixError("the checkpoint's replay buffer is larger than buffer_size; keep the run's buffer_size.")
+        return n
+
+    def load_state_dict(self, data: dict) -> None:
+        n = self.check_fits(data, self.capacity)
         for k in self.FIELDS:
             getattr(self, k)[:n] = data[k].to(self.device)
         self.episodes_in = data["episodes_in"]

@@ -171,6 +171,11 @@ def _flat_optimizer_state(saved: dict, params: list) -> dict:
     return {"state": {0: flat} if flat else {}, "param_groups": [group]}
 
 
+def _copy_state(state: dict) -> dict:
+    """An optimiser's per-parameter state, its tensors cloned."""
+    return {k: v.clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v) for k, v in state.items()}
+
+
 class Learner:
     """Owns the online and target networks and the optimiser."""
 
@@ -292,13 +297,10 @@ class Learner:
         """A copy of everything an update changes (trained parameters, soft-updated targets,
         optimiser state, reward statistics, update count), for :meth:`restore`: cheap on the flat
         parameter (a few tensor copies), unlike :meth:`state_dict` plus a deep copy."""
-        def copy_state(state: dict) -> dict:
-            return {k: v.clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v) for k, v in state.items()}
-
         return {
             "trained": [p.detach().clone() for p in self.trained],
             "targets": [p.clone() for p in self._target_parameters()] if self.cfg.target_update_tau > 0 else None,
-            "optimizer": {p: copy_state(self.optimizer.state[p]) for p in self.trained if p in self.optimizer.state},
+            "optimizer": {p: _copy_state(self.optimizer.state[p]) for p in self.trained if p in self.optimizer.state},
             "reward_stats": self.reward_stats.state_dict() if self.reward_stats is not None else None,
             "updates": self.updates,
         }
@@ -312,8 +314,7 @@ class Learner:
                 p.copy_(saved)
         self.optimizer.state.clear()
         for p, state in snap["optimizer"].items():
-            self.optimizer.state[p] = {k: v.clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)
-                                       for k, v in state.items()}
+            self.optimizer.state[p] = _copy_state(state)
         if self.reward_stats is not None:
             self.reward_stats.load_state_dict(snap["reward_stats"])
         self.updates = snap["updates"]

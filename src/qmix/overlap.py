@@ -88,8 +88,8 @@ class LearnerProcess:
     def __init__(self, cfg, info, learner, buffer_state: dict | None, sample_gen: torch.Generator):
         self.cfg, self.learner, self.sample_gen = cfg, learner, sample_gen
         self.capacity = cfg.buffer_size
-        if buffer_state is not None and buffer_state["length"].shape[0] > self.capacity:
-            raise QmixError("the checkpoint's replay buffer is larger than buffer_size; keep the run's buffer_size.")
+        if buffer_state is not None:
+            EpisodeBuffer.check_fits(buffer_state, self.capacity)
         self.episodes_in = buffer_state["episodes_in"] if buffer_state is not None else 0
         self.in_flight = False
         self.busy_s = 0.0  # time the learner process spent in updates (sampling included)
