@@ -142,3 +142,55 @@ def test_small_cpu_epsilon_greedy_is_the_tensor_path_bit_for_bit(monkeypatch):
             monkeypatch.setattr(controller, "SMALL", small)
             chosen.append(epsilon_greedy(q, avail, eps, torch.Generator().manual_seed(5)))
         assert torch.equal(*chosen), eps
+
+
+def _scored_foraging():
+    """Level-Based Foraging whose final info carries an outcome (the food collected so far)."""
+    import gymnasium
+
+    class Scored(gymnasium.Wrapper):
+        def reset(self, **kwargs):
+            self.collected = 0.0
+            return self.env.reset(**kwargs)
+
+        def step(self, actions):
+            obs, rewards, terminated, truncated, info = self.env.step(actions)
+            self.collected += float(sum(rewards))
+            return obs, rewards, terminated, truncated, {**info, "collected": self.collected}
+
+    import lbforaging  # noqa: F401
+
+    return Scored(gymnasium.make("Foraging-5x5-2p-1f-v3", disable_env_checker=True))
+
+
+def test_one_copy_lane_is_the_tensor_path_bit_for_bit():
+    """One in-process copy of a library's environment answers in NumPy straight into the staging
+    (VectorEnv.step_one): against the general path through step()'s batch tensors, the same buffer,
+    staging, statistics and outcomes, over terminal and time-limit endings and LBF's action masks."""
+    gymnasium = pytest.importorskip("gymnasium")
+    pytest.importorskip("lbforaging")
+    if "ScoredForaging-v0" not in gymnasium.registry:
+        gymnasium.register("ScoredForaging-v0", entry_point=_scored_foraging)
+    cfg = resolve({"env": "gym:ScoredForaging-v0"})
+    out = []
+    for lane in (True, False):
+        env = make("gym:ScoredForaging-v0", num_envs=1, seed=7, time_limit=15, info_keys=["collected"])
+        info = env.info
+        torch.manual_seed(0)
+        agent = build_agent(cfg, info.obs_dim, info.n_agents, info.n_actions)
+        buffer = EpisodeBuffer(64, info.episode_limit, info.n_agents, info.obs_dim, info.state_dim,
+                               info.n_actions, torch.device("cpu"))
+        runner = Runner(cfg, env, agent, torch.Generator().manual_seed(1))
+        assert runner._lane
+        runner._lane = lane
+        finished = runner.collect(400, epsilon=0.3, buffer=buffer)
+        out.append((finished, buffer.state_dict(), runner.state_dict(), env._t.copy()))
+    (fa, ba, ra, ta), (fb, bb, rb, tb) = out
+    assert len(fa) >= 20 and fa.returns == fb.returns and fa.lengths == fb.lengths and fa.info == fb.info
+    assert set(fa.lengths) > {15} and any(x > 0 for x in fa.info["collected"])  # both endings, outcomes
+    assert not (buffer.avail[: len(fb)].all())  # LBF's masks were staged, not all-True rows
+    for k in ba:
+        assert torch.equal(torch.as_tensor(ba[k]), torch.as_tensor(bb[k])), k
+    for k in ra:
+        assert torch.equal(torch.as_tensor(ra[k]), torch.as_tensor(rb[k])), k
+    assert int(ra["t"][0]) > 0 and (ta == tb).all()  # an episode was in flight, same env clock

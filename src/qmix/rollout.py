@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import time
 from collections import defaultdict
 
+import numpy as np
 import torch
 
 from qmix.controller import epsilon_greedy
@@ -71,6 +72,14 @@ class Runner:
             self._one_copy = tuple(x[0].numpy() for x in (self.obs, self.state, self.avail, self.actions,
                                                           self.reward, self.terminated)) \
                 + (self.t.numpy(), self.ep_return.numpy(), torch.ones(1, dtype=torch.bool))
+        # ... and one in-process copy of a library's environment (VectorEnv.step_one) answers in
+        # NumPy straight into that memory and into the two tensors the next step acts on (their
+        # own allocations: a matrix product's rounding depends on its input's alignment, and a
+        # staging row's is not always the batch path's).
+        self._lane = self._one_copy is not None and getattr(env, "one_copy_lane", False)
+        if self._lane:
+            self._lane_now = (torch.zeros(1, n, info.obs_dim), torch.zeros(1, n, info.n_actions, dtype=torch.bool))
+            self._lane_np = tuple(x[0].numpy() for x in self._lane_now)
         self._now = None  # (obs, avail) each copy acts on next: the env's last answer
         self.started = False
         self.timing: dict[str, float] = defaultdict(float)  # seconds spent: act, env, store
@@ -100,6 +109,9 @@ class Runner:
         done = FinishedEpisodes()
         if self._now is None:  # restored from a checkpoint: read the current step back
             self._now = (self.obs[self._rows, self.t], self.avail[self._rows, self.t])
+        if self._lane:
+            self._collect_lane(steps, epsilon, buffer, done)
+            return done
         actions_flat, reward_flat, terminated_flat = self._flat_steps
         clock, timing = time.perf_counter, self.timing
         for _ in range(steps):
@@ -131,6 +143,43 @@ class Runner:
             timing["env"] += t2 - t1
             timing["store"] += t3 - t2
         return done
+
+    def _collect_lane(self, steps: int, epsilon: float, buffer, done: FinishedEpisodes) -> None:
+        """``collect`` for one in-process copy of a library's environment (``one_copy_lane``): the
+        same writes as the tensor path, from the environment's NumPy answers, with no batch tensors
+        built for them."""
+        obs_s, state_s, avail_s, acts_s, reward_s, term_s, t_view, ep_return, ended = self._one_copy
+        env, keys = self.env, self.env.info.info_keys
+        now, (obs_now, avail_now) = self._lane_now, self._lane_np
+        clock, timing = time.perf_counter, self.timing
+        for _ in range(steps):
+            t0 = clock()
+            obs, avail = self._now
+            actions = self.act(obs, avail, epsilon)
+            t1 = clock()
+            acts = actions.numpy()[0]
+            o, s, a, r, term, trunc, info = env.step_one(acts)
+            t2 = clock()
+            t = int(t_view[0])
+            r = np.float32(r)  # the team reward as the batch path stores it, float32
+            acts_s[t] = acts
+            reward_s[t] = r
+            term_s[t] = term
+            ep_return += r
+            t += 1
+            t_view[0] = t
+            obs_s[t] = obs_now[:] = o
+            state_s[t] = s
+            avail_s[t] = avail_now[:] = a
+            self.last_actions = actions
+            self._now = now
+            if term or trunc:
+                outcome = {k: torch.tensor([info.get(k, 0.0)], dtype=torch.float32) for k in keys}
+                done.extend(self._finish(ended, outcome, buffer))
+            t3 = clock()
+            timing["act"] += t1 - t0
+            timing["env"] += t2 - t1
+            timing["store"] += t3 - t2
 
     def _store_one(self, actions: torch.Tensor, res) -> torch.Tensor | None:
         """The collect step's writes for a single CPU copy, through NumPy views; returns the

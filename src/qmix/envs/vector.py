@@ -288,6 +288,7 @@ class VectorEnv(BatchedEnv):
             except BaseException:
                 self._shutdown(force=True)
                 raise
+        self.one_copy_lane = B == 1 and not self._workers  # step_one: NumPy in and out, see there
         # copy index -> (worker, position in that worker)
         self._where = [(w, k) for w, wk in enumerate(self._workers) for k in range(len(wk.indices))]
 
@@ -378,6 +379,23 @@ class VectorEnv(BatchedEnv):
         obs, state, avail = self._tensors()
         reward_t, terminated_t, truncated_t, *info_t = self._torch(reward, terminated, truncated, *infos.values())
         return StepResult(obs, state, avail, reward_t, terminated_t, truncated_t, dict(zip(infos, info_t)))
+
+    def step_one(self, actions: np.ndarray) -> tuple:
+        """``step`` for one copy in this process (``one_copy_lane``), NumPy in and out, without the
+        batch's tensors: ``actions [n_agents]`` int -> ``(obs [n, obs_dim], state [state_dim],
+        avail [n, n_actions], reward: float, terminated: bool, truncated: bool, info)``, the same
+        values ``step`` returns for the copy (time limit included; ``info`` maps the episode
+        outcome names to floats, meaningful when the episode ended). The arrays are this
+        environment's own, valid until its next ``step``/``reset``: copy what must outlive them."""
+        if self._closed:
+            raise QmixError(f"environment {self.env_id} was closed.")
+        obs, state, avail, reward, term, trunc, info = self._envs[0].step(actions)
+        self._store(0, obs, state, avail)
+        self._t[0] += 1
+        term = bool(term)
+        trunc = not term and (bool(trunc) or int(self._t[0]) >= self.time_limit)
+        self._ended[0] = term or trunc
+        return self._obs[0], self._state[0], self._avail[0], float(reward), term, trunc, info
 
     def get_state(self):
         """Deep copy of every copy (for checkpoints mid-episode); impossible with worker processes
