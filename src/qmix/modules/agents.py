@@ -22,6 +22,7 @@ import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -113,6 +114,41 @@ class _StepWeights(NamedTuple):
                             mid.bias if mid is not None else None, gru, net.fc2.weight, net.fc2.bias)
 
 
+class _StepArrays(NamedTuple):
+    key: tuple
+    obs_cols: np.ndarray  # [o, H]: fc1's observation columns, transposed
+    action_rows: np.ndarray | None  # [A, H]: fc1's previous-action columns as rows
+    id_rows: np.ndarray | None  # [n, H]: fc1's agent-id columns as rows
+    b1: np.ndarray
+    mid: tuple | None  # (weight^T, bias) of the MLP's middle layer
+    gru: tuple | None  # (W_ih^T, W_hh^T, b_ih, b_hh)
+    out: tuple  # (weight^T, bias) of the output layer
+
+    @staticmethod
+    def of(net: "AgentNetwork", key: tuple) -> "_StepArrays":
+        def a(p: torch.Tensor) -> np.ndarray:
+            return p.detach().numpy()
+
+        layout, w1 = net.layout, a(net.fc1.weight)
+        o, col = layout.obs_dim, layout.obs_dim
+        action_rows = id_rows = None
+        if layout.last_action:
+            action_rows, col = w1[:, col: col + layout.n_actions].T, col + layout.n_actions
+        if layout.agent_id:
+            id_rows = w1[:, col: col + layout.n_agents].T
+        mid = (a(net.fc_mid.weight).T, a(net.fc_mid.bias)) if not net.recurrent else None
+        rnn = getattr(net, "rnn", None)
+        gru = (a(rnn.weight_ih_l0).T, a(rnn.weight_hh_l0).T, a(rnn.bias_ih_l0), a(rnn.bias_hh_l0)) if rnn is not None else None
+        return _StepArrays(key, w1[:, :o].T, action_rows, id_rows, a(net.fc1.bias), mid, gru,
+                           (a(net.fc2.weight).T, a(net.fc2.bias)))
+
+
+# Acting on the CPU runs in NumPy while (env copies x agents) x the largest weight matrix stays
+# within this many multiply-adds: products small enough that a BLAS library runs them on the
+# calling thread (OpenBLAS starts its threads above 4 x 65,536; started, they spin beside torch's).
+NUMPY_WORK = 2**17
+
+
 class AgentNetwork(nn.Module):
     """Shared-parameter DRQN (``recurrent=True``) or MLP agent."""
 
@@ -125,6 +161,7 @@ class AgentNetwork(nn.Module):
         else:
             self.fc_mid = nn.Linear(hidden_dim, hidden_dim)
         self.fc2 = nn.Linear(hidden_dim, layout.n_actions)
+        self._largest = max(p.numel() for p in self.parameters())  # the largest weight matrix
 
     def initial_hidden(self, batch: int, n_agents: int, device) -> torch.Tensor:
         return torch.zeros(batch, n_agents, self.hidden_dim, device=device)  # [B, n, H]
@@ -151,10 +188,15 @@ class AgentNetwork(nn.Module):
     def forward_step(self, obs: torch.Tensor, last_actions: torch.Tensor,
                      hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One step for acting: ``obs [B, n, o]``, ``last_actions [B, n]``, ``hidden [B, n, H]``."""
-        # Functional calls on the weights: at one env per step, module-call overhead was a third
-        # of the acting time; attribute lookups and weight slices are done once (_step_weights).
-        # (Cached only without gradients: the views were taken without them.)
-        w = _StepWeights.of(self, ()) if torch.is_grad_enabled() else self._step_weights()
+        if torch.is_grad_enabled():
+            w = _StepWeights.of(self, ())
+        elif obs.device.type == "cpu" and obs.shape[0] * obs.shape[1] * self._largest <= NUMPY_WORK \
+                and obs.dtype == torch.float32 and self.fc1.weight.dtype == torch.float32:
+            return self._step_numpy(obs, last_actions, hidden)
+        else:
+            # Functional calls on the weights, whose attribute lookups and slices are done once
+            # (cached only without gradients: the views were taken without them).
+            w = self._step_weights()
         if w.id_rows is not None:  # agent id, no previous action: the rows added by broadcasting
             x = _agent_id_only(obs, w.obs_cols, w.id_rows, w.b1).relu_()
         else:
@@ -164,6 +206,71 @@ class AgentNetwork(nn.Module):
         B, n, H = x.shape
         h = torch.gru_cell(x.view(B * n, H), hidden.reshape(B * n, H), *w.gru).view(B, n, H)
         return F.linear(h, w.out_w, w.out_b), h
+
+    def _step_numpy(self, obs: torch.Tensor, last_actions: torch.Tensor,
+                    hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward_step`` in NumPy on views of the parameters, for a few agents on the CPU, where
+        each torch call's fixed cost is most of the work: the same function (products, ReLU, the
+        GRU's gates as ``torch.nn.GRU`` defines them), rounded as NumPy's products round."""
+        w = self._step_arrays()
+        B, n, o = obs.shape
+        x = obs.numpy().reshape(B * n, o) @ w.obs_cols  # [B n, H]
+        x += w.b1
+        if w.action_rows is not None:  # the previous action's column; none before the first action
+            last = last_actions.numpy().reshape(-1)
+            took = last >= 0
+            if took.all():
+                x += w.action_rows[last]
+            elif took.any():
+                x[took] += w.action_rows[last[took]]
+        if w.id_rows is not None:
+            x = x.reshape(B, n, -1)
+            x += w.id_rows
+            x = x.reshape(B * n, -1)
+        np.maximum(x, 0.0, out=x)
+        if w.gru is None:
+            x = x @ w.mid[0]
+            x += w.mid[1]
+            np.maximum(x, 0.0, out=x)
+        else:
+            w_ih, w_hh, b_ih, b_hh = w.gru
+            H = x.shape[1]
+            h = hidden.numpy().reshape(B * n, H)
+            gi = x @ w_ih
+            gi += b_ih
+            gh = h @ w_hh
+            gh += b_hh
+            rz = gi[:, : 2 * H] + gh[:, : 2 * H]  # reset and update gates: sigmoid(v) = (tanh(v/2)+1)/2
+            rz *= 0.5
+            np.tanh(rz, out=rz)
+            rz *= 0.5
+            rz += 0.5
+            cand = gh[:, 2 * H:] * rz[:, :H]
+            cand += gi[:, 2 * H:]
+            np.tanh(cand, out=cand)
+            x = h - cand  # h' = (1 - z) * cand + z * h = cand + z * (h - cand)
+            x *= rz[:, H:]
+            x += cand
+            hidden = torch.from_numpy(x.reshape(B, n, H))
+        q = x @ w.out[0]
+        q += w.out[1]
+        return torch.from_numpy(q.reshape(B, n, -1)), hidden
+
+    def _step_arrays(self) -> "_StepArrays":
+        """NumPy views of the parameters for :meth:`_step_numpy`, rebuilt when their storage moves
+        (they share it, so they follow every in-place update)."""
+        key = (self.fc1.weight.data_ptr(), self.fc2.weight.data_ptr())
+        cached = self.__dict__.get("_numpy_cache")
+        if cached is None or cached.key != key:
+            cached = _StepArrays.of(self, key)
+            object.__setattr__(self, "_numpy_cache", cached)  # a plain attribute: not in state_dict
+        return cached
+
+    def __getstate__(self):  # copies and pickles rebuild the caches from their own parameters
+        state = dict(super().__getstate__())
+        state.pop("_numpy_cache", None)
+        state.pop("_step_cache", None)
+        return state
 
     def _step_weights(self) -> "_StepWeights":
         """The acting step's weights (parameters and views of them), rebuilt when the parameters'
