@@ -1,5 +1,7 @@
 """The learner's TD targets and loss, checked against hand-computed values on tiny batches."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -169,8 +171,6 @@ def test_standardise_rewards_changes_the_targets_and_survives_a_checkpoint():
 
 
 def test_parameters_and_gradients_live_in_one_flat_buffer():
-    import copy
-
     from qmix.bench.learner import LearnerShapes, bench_config, build_pair, random_batch
 
     s = LearnerShapes(4, 6, 2, 5, 3, 7)
@@ -191,8 +191,6 @@ def test_parameters_and_gradients_live_in_one_flat_buffer():
 @pytest.mark.parametrize("optimizer", ["rmsprop", "adam"])
 def test_per_parameter_optimizer_state_of_older_checkpoints_loads(optimizer, monkeypatch):
     """A learner saved with one optimiser state per parameter (earlier versions) resumes exactly."""
-    import copy
-
     import qmix.learner as L
     from qmix.bench.learner import LearnerShapes, bench_config, build_pair, random_batch
 
@@ -238,3 +236,29 @@ def test_flat_clip_and_rmsprop_step_match_torch(clip, monkeypatch):
     st_a, st_b = ours.optimizer.state[ours.flat], plain.optimizer.state[plain.flat]
     assert float(st_a["step"]) == float(st_b["step"]) == 5
     assert torch.allclose(st_a["square_avg"], st_b["square_avg"], rtol=1e-5, atol=1e-12)
+
+
+@pytest.mark.parametrize("optimizer", ["rmsprop", "adam"])
+def test_the_optimiser_is_built_on_first_use_with_any_state_loaded_before(optimizer):
+    """A learner that never updates (the main process beside a learner process) never builds an
+    optimiser; state loaded before the first use, or a fresh one (saved as None), resumes exactly."""
+    from qmix.bench.learner import LearnerShapes, bench_config, build_pair, random_batch
+
+    s, cfg = LearnerShapes(4, 6, 2, 5, 3, 7), bench_config(optimizer=optimizer)
+    batch = random_batch(s)
+    a, _ = build_pair(s, cfg, seed=1)
+    b, _ = build_pair(s, cfg, seed=2)
+    fresh = a.state_dict()
+    assert fresh["optimizer"] is None and a._optimizer is None
+    b.update(batch)  # b's optimiser now has state of its own
+    b.load_state_dict(copy.deepcopy(fresh))  # b's own optimiser state is dropped: fresh as a's
+    for _ in range(2):
+        a.update(batch)
+        b.update(batch)
+    assert all(torch.equal(x, y) for x, y in zip(a.params, b.params))
+    c, _ = build_pair(s, cfg, seed=3)
+    c.load_state_dict(copy.deepcopy(a.state_dict()))  # held, not built
+    assert c._optimizer is None and c.state_dict()["optimizer"] is not None
+    a.update(batch)
+    c.update(batch)
+    assert all(torch.equal(x, y) for x, y in zip(a.params, c.params))

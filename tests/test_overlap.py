@@ -104,6 +104,25 @@ def test_a_learner_process_that_dies_ends_the_run_with_one_line(tmp_path):
     tr.close()
 
 
+def test_a_learner_process_that_fails_while_starting_says_why(tmp_path, monkeypatch):
+    """Its start is not waited for: the error that stopped it comes with the first answer due."""
+    real = overlap._to_bytes
+    monkeypatch.setattr(overlap, "_to_bytes", lambda obj: real({**obj, "learner": {}}))
+    tr = trainer(tmp_path, "run", learner_process="on")
+    with pytest.raises(QmixError, match="the learner process failed: KeyError"):
+        train_to(tr, 2000)
+    tr.close()
+
+
+def test_a_failed_set_up_ends_the_learner_process_it_started(tmp_path, monkeypatch):
+    started = []
+    real = overlap.start
+    monkeypatch.setattr(overlap, "start", lambda: started.append(real()) or started[-1])
+    with pytest.raises(QmixError, match="nonsense"):
+        trainer(tmp_path, "run", learner_process="on", env_args={"nonsense": 1})
+    assert len(started) == 1 and started[0][0].poll() is not None  # started, then ended
+
+
 def test_when_it_is_used(tmp_path):
     cpu = torch.device("cpu")
     cfg = resolve({**BASE, "learner_process": "auto"})
@@ -128,6 +147,8 @@ def test_logged_memory_counts_the_learner_process(tmp_path):
 
     tr = trainer(tmp_path, "run", learner_process="on")
     try:
+        train_to(tr, 40)  # a few updates: the learner process has started (it is not waited for)
+        assert tr.counters.updates > 0
         own = resident_mib()
         if own is None:
             pytest.skip("resident memory is read from /proc (Linux)")

@@ -186,9 +186,26 @@ class Learner:
         self.params = list(agent.parameters()) + (list(mixer.parameters()) if mixer is not None else [])
         self.flat = flatten_parameters(self.params)
         self.trained = [self.flat] if self.flat is not None else self.params  # what clipping and the optimiser see
-        self.optimizer = make_optimizer(cfg, self.trained)
+        # Built on first use: constructing any torch optimiser imports torch's compiler front end
+        # (a second or more, and as long again at exit), which a process that only holds these
+        # networks (the main process beside a learner process) never needs.
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._optimizer_state: dict | None = None  # loaded before the optimiser was built
         self.updates = 0
         self.reward_stats = RewardStats() if cfg.standardise_rewards else None
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.build_optimizer()
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """The optimiser, built now if it was not yet (with any state loaded before)."""
+        if self._optimizer is None:
+            self._optimizer = make_optimizer(self.cfg, self.trained)
+            if self._optimizer_state is not None:
+                self._optimizer.load_state_dict(self._optimizer_state)
+                self._optimizer_state = None
+        return self._optimizer
 
     def loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, dict]:
         cfg = self.cfg
@@ -344,7 +361,8 @@ class Learner:
             "target_agent": self.target_agent.state_dict(),
             "mixer": self.mixer.state_dict() if self.mixer is not None else None,
             "target_mixer": self.target_mixer.state_dict() if self.mixer is not None else None,
-            "optimizer": self.optimizer.state_dict(),
+            # None: a fresh optimiser (never built, nothing loaded)
+            "optimizer": self._optimizer.state_dict() if self._optimizer is not None else self._optimizer_state,
             "updates": self.updates,
             "reward_stats": self.reward_stats.state_dict() if self.reward_stats is not None else None,
         }
@@ -356,9 +374,12 @@ class Learner:
             self.mixer.load_state_dict(data["mixer"])
             self.target_mixer.load_state_dict(data["target_mixer"])
         optimizer = data["optimizer"]
-        if self.flat is not None:
+        if optimizer is not None and self.flat is not None:
             optimizer = _flat_optimizer_state(optimizer, self.params)
-        self.optimizer.load_state_dict(optimizer)
+        if self._optimizer is not None and optimizer is not None:
+            self._optimizer.load_state_dict(optimizer)
+        else:  # built (fresh, or from this state) on first use
+            self._optimizer, self._optimizer_state = None, optimizer
         self.updates = data["updates"]
         if self.reward_stats is not None and data.get("reward_stats") is not None:
             self.reward_stats.load_state_dict(data["reward_stats"])

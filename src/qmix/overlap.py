@@ -79,13 +79,46 @@ def _from_bytes(data: bytes):
     return torch.load(io.BytesIO(data), weights_only=False)
 
 
+Started = tuple  # (subprocess.Popen, Connection)
+
+
+def start() -> Started:
+    """Start a learner process, which loads torch and the learner's code while the caller sets up
+    (a :class:`LearnerProcess` then gives it its work); :func:`discard` ends one never used."""
+    # A fresh interpreter (a fork would inherit this process's OpenMP and allocator state;
+    # multiprocessing's spawn would re-run the user's main script).
+    ours, theirs = socket.socketpair()
+    package_root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    # Its own session: a terminal's Ctrl-C (sent to the foreground group) reaches only the main
+    # process, even while this one is still starting; it ends when the main process's end closes
+    # the socket.
+    proc = subprocess.Popen([sys.executable, "-m", "qmix.overlap", str(theirs.fileno())],
+                            pass_fds=[theirs.fileno()], env=env, start_new_session=True)
+    theirs.close()
+    return proc, Connection(ours.detach())
+
+
+def discard(started: Started) -> None:
+    proc, conn = started
+    conn.close()  # it reads the end of its input and exits
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class LearnerProcess:
     """The main process's side: a stand-in for the replay buffer (``insert``, ``can_sample``)
     plus the updates, run in the learner process."""
 
     device = torch.device("cpu")
 
-    def __init__(self, cfg, info, learner, buffer_state: dict | None, sample_gen: torch.Generator):
+    def __init__(self, cfg, info, learner, buffer_state: dict | None, sample_gen: torch.Generator,
+                 started: "Started | None" = None):
+        """``started``: the process from :func:`start`, called earlier so that its start overlaps
+        the caller's own set-up (default: started now)."""
         self.cfg, self.learner, self.sample_gen = cfg, learner, sample_gen
         self.capacity = cfg.buffer_size
         if buffer_state is not None:
@@ -96,24 +129,15 @@ class LearnerProcess:
         self._done: tuple | None = None  # an update's answer that came while waiting for another
         threads = cfg.torch_threads if cfg.torch_threads > 0 else max(1, usable_cpus() - 1)
         init = _to_bytes({"learner": learner.state_dict(), "sample_gen": sample_gen.get_state()})
-        # A fresh interpreter (a fork would inherit this process's OpenMP and allocator state;
-        # multiprocessing's spawn would re-run the user's main script).
-        ours, theirs = socket.socketpair()
-        package_root = str(Path(__file__).resolve().parent.parent)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
-        # Its own session: a terminal's Ctrl-C (sent to the foreground group) reaches only the main
-        # process, even while this one is still starting; it ends when the main process's end
-        # closes the socket.
-        self._proc = subprocess.Popen([sys.executable, "-m", "qmix.overlap", str(theirs.fileno())],
-                                      pass_fds=[theirs.fileno()], env=env, start_new_session=True)
-        theirs.close()
-        self._conn = Connection(ours.detach())
+        self._proc, self._conn = started if started is not None else start()
+        # Not waited for: its start (a second interpreter importing torch, seconds) overlaps this
+        # process's set-up and first episodes; what it sends first is the answer to the first
+        # update, or the error that stopped it.
         self._send((cfg, info, threads, init))
         try:
             _send_arrays(self._conn, buffer_state)  # the replay buffer of a resumed run, streamed
         except OSError:
             self._died()
-        self._receive("ready")
 
     # -------------------------------------------------------- the buffer's face
     def __len__(self) -> int:
@@ -221,6 +245,14 @@ class LearnerProcess:
             return None
 
     def _died(self):
+        try:  # its own account of why, if it sent one
+            while self._conn.poll(0):
+                msg = self._conn.recv()
+                if msg[0] == "error":
+                    self._wait()
+                    raise QmixError(f"the learner process failed: {msg[1]}")
+        except (EOFError, OSError):
+            pass
         code = self._wait()
         raise QmixError(f"the learner process exited unexpectedly (exit code {code}); "
                         "if memory is short, set learner_process=off.")
@@ -275,6 +307,11 @@ def _serve(fd: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     conn = Connection(fd)
     try:
+        # Loaded while the main process sets up. (Any torch optimiser's construction imports
+        # torch._dynamo, a second or more: here it is loaded before the first message too.)
+        import qmix.learner  # noqa: F401
+        import torch._dynamo  # noqa: F401
+
         cfg, info, threads, init = conn.recv()
         _serve_loop(conn, cfg, info, threads, init)
     except EOFError:  # the main process ended
@@ -307,7 +344,6 @@ def _serve_loop(conn, cfg, info, threads: int, init: bytes) -> None:
     _receive_arrays(conn, into=buffer)
     gen = torch.Generator().manual_seed(0)
     gen.set_state(start["sample_gen"])
-    conn.send(("ready",))
 
     # A thread only reads, so the main process's sends (an episode can be megabytes) always go
     # through even while this process is blocked sending an update's result that the main process
@@ -389,3 +425,6 @@ def _serve_loop(conn, cfg, info, threads: int, init: bytes) -> None:
 
 if __name__ == "__main__":
     _serve(int(sys.argv[1]))
+    # Nothing of its own is left to flush (a checkpoint's buffer file is written and synced before
+    # its answer): skip the interpreter's teardown of torch, which the main process would wait for.
+    os._exit(0)

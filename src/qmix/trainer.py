@@ -148,6 +148,17 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         self.kernel_warning = configure_kernels(cfg.native_kernels, self.device)
         buffer_device = self.device if cfg.buffer_device == "auto" else resolve_device(cfg.buffer_device)
+        self.overlap = overlap.wanted(cfg, self.device, buffer_device)
+        started = overlap.start() if self.overlap else None  # it loads while the set-up below runs
+        try:
+            self._build(cfg, buffer_device, resume_state, started)
+        except BaseException:
+            if started is not None:
+                overlap.discard(started)
+            raise
+        self.stop_signal: int | None = None
+
+    def _build(self, cfg: Config, buffer_device: torch.device, resume_state: dict | None, started) -> None:
         torch.manual_seed(cfg.seed)
         # Env copies are seeded seed, seed+1, ... so each run's envs get a well-mixed base seed:
         # runs with seeds 1 and 2 must not share 15 of their 16 battles' random streams. The test
@@ -163,6 +174,8 @@ class Trainer:
         mixer = build_mixer(cfg, info.n_agents, info.state_dim)
         mixer = mixer.to(self.device) if mixer is not None else None
         self.learner = Learner(cfg, agent, mixer, info.n_actions)
+        if not self.overlap:
+            self.learner.build_optimizer()  # now, not inside the first update (a learner process builds its own)
 
         need = EpisodeBuffer.nbytes(cfg.buffer_size, info.episode_limit, info.n_agents, info.obs_dim,
                                     info.state_dim, info.n_actions, cfg.buffer_obs_dtype)
@@ -173,7 +186,6 @@ class Trainer:
                 f"{buffer_device}; lower buffer_size or set buffer_obs_dtype=float16."
             )
         self.buffer_bytes = need
-        self.overlap = overlap.wanted(cfg, self.device, buffer_device)
         if self.overlap:
             torch.set_num_threads(1)  # acting only here; the learner process has the other cores
             self.buffer = None  # the learner process's, started below
@@ -195,8 +207,7 @@ class Trainer:
         self.resume_warning = ""
         buffer_state = self._restore(resume_state) if resume_state is not None else None
         if self.overlap:
-            self.buffer = overlap.LearnerProcess(cfg, info, self.learner, buffer_state, self.sample_gen)
-        self.stop_signal: int | None = None
+            self.buffer = overlap.LearnerProcess(cfg, info, self.learner, buffer_state, self.sample_gen, started)
 
     # ----------------------------------------------------------------- state
     def _state(self, for_checkpoint: bool = False) -> dict:
