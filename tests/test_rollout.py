@@ -124,7 +124,8 @@ def test_small_cpu_epsilon_greedy_is_the_tensor_path_bit_for_bit(monkeypatch):
                 q[0, 0, 0] = float("nan")
             avail = torch.rand(B, n, A, generator=gen) < 0.7
             avail[..., 0] |= ~avail.any(-1)
-            cases.append((q, avail, float(torch.rand((), generator=gen))))
+            eps = float(torch.rand((), generator=gen))
+            cases.append((q, avail, eps if eps > 0.2 else 0.0))  # greedy (no draw) too
     cases.append((torch.zeros(1, 2, 3), torch.ones(1, 2, 3, dtype=torch.bool), 1.0))
     results = []
     for small in (controller.SMALL, 0):

@@ -22,11 +22,11 @@ def epsilon_greedy(q: torch.Tensor, avail: torch.Tensor, epsilon: float, generat
     agent decides whether it explores, and the explorer takes the argmax of uniform noise over its
     available actions (a uniform choice among them).
     """
+    if q.device.type == "cpu" and q.numel() <= SMALL and not q.requires_grad:
+        return epsilon_greedy_arrays(q.numpy(), avail.numpy(), epsilon, generator)
     if epsilon <= 0.0:
         return masked_argmax(q, avail)
     noise = torch.rand(*q.shape[:-1], q.shape[-1] + 1, device=q.device, generator=generator)  # [B, n, A+1]
-    if q.device.type == "cpu" and q.numel() <= SMALL and not q.requires_grad:
-        return _epsilon_greedy_numpy(q.numpy(), avail.numpy(), epsilon, noise.numpy())
     scores, draw = noise.split([q.shape[-1], 1], dim=-1)  # [B, n, A], [B, n, 1]
     return masked_argmax(torch.where(draw < epsilon, scores, q), avail)
 
@@ -34,12 +34,18 @@ def epsilon_greedy(q: torch.Tensor, avail: torch.Tensor, epsilon: float, generat
 SMALL = 1024  # utilities up to this many: the choice in NumPy (a few env copies acting on the CPU)
 
 
-def _epsilon_greedy_numpy(q: np.ndarray, avail: np.ndarray, epsilon: float, noise: np.ndarray) -> torch.Tensor:
-    """The tensor path's arithmetic on the same draw, in NumPy, whose per-call cost is a fraction
-    of torch's on arrays this small: the same comparisons in float32 (``epsilon`` rounded to float32
-    as torch rounds a Python scalar), the same first-maximum argmax, so the same actions."""
-    A = q.shape[-1]
-    scores = np.where(noise[..., A:] < np.float32(epsilon), noise[..., :A], q)
+def epsilon_greedy_arrays(q: np.ndarray, avail: np.ndarray, epsilon: float,
+                          generator: torch.Generator | None) -> torch.Tensor:
+    """:func:`epsilon_greedy` on NumPy arrays (``q`` float32, ``avail`` bool, on the CPU), whose
+    per-call cost is a fraction of torch's on arrays this small: the same torch draw, the same
+    comparisons in float32 (``epsilon`` rounded to float32 as torch rounds a Python scalar), the
+    same first-maximum argmax, so the same actions."""
+    if epsilon <= 0.0:
+        scores = q
+    else:
+        A = q.shape[-1]
+        noise = torch.rand(*q.shape[:-1], A + 1, generator=generator).numpy()
+        scores = np.where(noise[..., A:] < np.float32(epsilon), noise[..., :A], q)
     return torch.from_numpy(np.where(avail, scores, np.float32(UNAVAILABLE)).argmax(-1).astype(np.int64, copy=False))
 
 

@@ -15,7 +15,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from qmix.controller import epsilon_greedy
+from qmix.controller import epsilon_greedy, epsilon_greedy_arrays
 from qmix.envs.base import BatchedEnv
 
 
@@ -81,6 +81,7 @@ class Runner:
             self._lane_now = (torch.zeros(1, n, info.obs_dim), torch.zeros(1, n, info.n_actions, dtype=torch.bool))
             self._lane_np = tuple(x[0].numpy() for x in self._lane_now)
         self._now = None  # (obs, avail) each copy acts on next: the env's last answer
+        self._numpy_acting = hasattr(agent, "step_arrays") and dev.type == "cpu"
         self.started = False
         self.timing: dict[str, float] = defaultdict(float)  # seconds spent: act, env, store
 
@@ -97,9 +98,15 @@ class Runner:
         state_rows.index_copy_(0, flat, state)
         avail_rows.index_copy_(0, flat, avail)
 
-    @torch.no_grad()
     def act(self, obs: torch.Tensor, avail: torch.Tensor, epsilon: float) -> torch.Tensor:
-        q, self.hidden = self.agent.forward_step(obs, self.last_actions, self.hidden)  # q [B, n, A]
+        agent = self.agent
+        if self._numpy_acting and agent.steps_in_numpy(obs):  # a few agents on the CPU: arrays throughout
+            q, hidden = agent.step_arrays(obs.numpy(), self.last_actions.numpy(), self.hidden.numpy())
+            if hidden is not None:
+                self.hidden = torch.from_numpy(hidden)
+            return epsilon_greedy_arrays(q, avail.numpy(), epsilon, self.generator)
+        with torch.no_grad():
+            q, self.hidden = agent.forward_step(obs, self.last_actions, self.hidden)  # q [B, n, A]
         return epsilon_greedy(q, avail, epsilon, self.generator)
 
     def collect(self, steps: int, epsilon: float, buffer=None) -> FinishedEpisodes:

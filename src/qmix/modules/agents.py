@@ -190,9 +190,9 @@ class AgentNetwork(nn.Module):
         """One step for acting: ``obs [B, n, o]``, ``last_actions [B, n]``, ``hidden [B, n, H]``."""
         if torch.is_grad_enabled():
             w = _StepWeights.of(self, ())
-        elif obs.device.type == "cpu" and obs.shape[0] * obs.shape[1] * self._largest <= NUMPY_WORK \
-                and obs.dtype == torch.float32 and self.fc1.weight.dtype == torch.float32:
-            return self._step_numpy(obs, last_actions, hidden)
+        elif self.steps_in_numpy(obs):
+            q, h = self.step_arrays(obs.numpy(), last_actions.numpy(), hidden.numpy())
+            return torch.from_numpy(q), (hidden if h is None else torch.from_numpy(h))
         else:
             # Functional calls on the weights, whose attribute lookups and slices are done once
             # (cached only without gradients: the views were taken without them).
@@ -207,17 +207,25 @@ class AgentNetwork(nn.Module):
         h = torch.gru_cell(x.view(B * n, H), hidden.reshape(B * n, H), *w.gru).view(B, n, H)
         return F.linear(h, w.out_w, w.out_b), h
 
-    def _step_numpy(self, obs: torch.Tensor, last_actions: torch.Tensor,
-                    hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def steps_in_numpy(self, obs: torch.Tensor) -> bool:
+        """Whether an acting step on ``obs [B, n, o]`` (without gradients) runs in NumPy
+        (:meth:`step_arrays`): a few agents on the CPU, products within ``NUMPY_WORK``."""
+        return obs.device.type == "cpu" and obs.shape[0] * obs.shape[1] * self._largest <= NUMPY_WORK \
+            and obs.dtype == torch.float32 and self.fc1.weight.dtype == torch.float32
+
+    def step_arrays(self, obs: np.ndarray, last_actions: np.ndarray,
+                    hidden: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """``forward_step`` in NumPy on views of the parameters, for a few agents on the CPU, where
         each torch call's fixed cost is most of the work: the same function (products, ReLU, the
-        GRU's gates as ``torch.nn.GRU`` defines them), rounded as NumPy's products round."""
+        GRU's gates as ``torch.nn.GRU`` defines them), rounded as NumPy's products round.
+        ``obs [B, n, o]`` float32, ``last_actions [B, n]``, ``hidden [B, n, H]`` -> ``q [B, n, A]``
+        and the new hidden state (None for the MLP agent, whose state is unused)."""
         w = self._step_arrays()
         B, n, o = obs.shape
-        x = obs.numpy().reshape(B * n, o) @ w.obs_cols  # [B n, H]
+        x = obs.reshape(B * n, o) @ w.obs_cols  # [B n, H]
         x += w.b1
         if w.action_rows is not None:  # the previous action's column; none before the first action
-            last = last_actions.numpy().reshape(-1)
+            last = last_actions.reshape(-1)
             took = last >= 0
             if took.all():
                 x += w.action_rows[last]
@@ -235,7 +243,7 @@ class AgentNetwork(nn.Module):
         else:
             w_ih, w_hh, b_ih, b_hh = w.gru
             H = x.shape[1]
-            h = hidden.numpy().reshape(B * n, H)
+            h = hidden.reshape(B * n, H)
             gi = x @ w_ih
             gi += b_ih
             gh = h @ w_hh
@@ -251,13 +259,13 @@ class AgentNetwork(nn.Module):
             x = h - cand  # h' = (1 - z) * cand + z * h = cand + z * (h - cand)
             x *= rz[:, H:]
             x += cand
-            hidden = torch.from_numpy(x.reshape(B, n, H))
+            hidden = x.reshape(B, n, H)
         q = x @ w.out[0]
         q += w.out[1]
-        return torch.from_numpy(q.reshape(B, n, -1)), hidden
+        return q.reshape(B, n, -1), (hidden if w.gru is not None else None)
 
     def _step_arrays(self) -> "_StepArrays":
-        """NumPy views of the parameters for :meth:`_step_numpy`, rebuilt when their storage moves
+        """NumPy views of the parameters for :meth:`step_arrays`, rebuilt when their storage moves
         (they share it, so they follow every in-place update)."""
         key = (self.fc1.weight.data_ptr(), self.fc2.weight.data_ptr())
         cached = self.__dict__.get("_numpy_cache")
