@@ -1,7 +1,13 @@
-"""Learning equivalence: the fast Learner and the plain pymarl-style PlainLearner, seed for seed.
+"""Learning equivalence: the fast Learner and the plain pymarl-style PlainLearner, seed for seed;
+or (``--compare acting``) acting in NumPy and acting in torch.
 
     python benchmarks/equivalence.py [--tasks matrix:two-step micro:3m] [--seeds N] [--t-max N] [--out DIR]
-    python benchmarks/equivalence.py --report-only [--out DIR]
+    python benchmarks/equivalence.py --compare acting --tasks micro:3m [--seeds N] [--out DIR]
+    python benchmarks/equivalence.py --report-only [--compare acting] [--out DIR]
+
+``--compare acting`` runs each task with one environment (``num_envs=1``), where a few agents act
+through :meth:`qmix.modules.agents.AgentNetwork.step_arrays` (NumPy, the default) against the same
+step in torch (``NUMPY_WORK = 0``); the learner is the same.
 
 Each task trains QMIX with the same config and seeds on both paths; a seed fixes the env streams,
 exploration, replay sampling and the initial weights, so the only difference between the two runs
@@ -32,11 +38,16 @@ from qmix.bench.reference import PlainLearner
 from qmix.config import resolve
 from qmix.errors import QmixError
 from qmix.learner import Learner
+from qmix.modules import agents
 from qmix.trainer import Trainer, prepare_new_run, run_training
 
-PATHS = {"fast": Learner, "plain": PlainLearner}
+# comparison -> its two paths (the default first)
+COMPARISONS = {"learner": ("fast", "plain"), "acting": ("numpy", "torch")}
+LEARNERS = {"fast": Learner, "plain": PlainLearner}
+# Learning in this process (the learner compared is swapped in here).
 COMMON = {"alg": "qmix", "progress": False, "use_tensorboard": False, "torch_threads": 1,
-          "checkpoint_interval": 0, "checkpoint_buffer": False}
+          "checkpoint_interval": 0, "checkpoint_buffer": False, "learner_process": "off"}
+EXTRA = {"learner": {}, "acting": {"num_envs": 1}}  # per comparison, on top of the task's overrides
 # task -> (default seeds, overrides of the env preset)
 TASKS = {
     "matrix:two-step": (5, {}),
@@ -49,12 +60,18 @@ def task_dir(out: Path, task: str) -> Path:
 
 
 def train_one(cfg, run_dir: Path, path: str) -> dict:
-    """Train one run with the learner of ``path``, swapped in before training starts."""
+    """Train one run on ``path``: its learner swapped in before training starts, or its acting."""
     trainer = Trainer(cfg, run_dir)
-    old = trainer.learner  # fresh: its targets are copies of the initial weights, no update yet
-    trainer.learner = PATHS[path](cfg, old.agent, old.mixer, old.n_actions)
+    if path in LEARNERS:
+        old = trainer.learner  # fresh: its targets are copies of the initial weights, no update yet
+        trainer.learner = LEARNERS[path](cfg, old.agent, old.mixer, old.n_actions)
     prepare_new_run(cfg, run_dir)
-    summary = run_training(cfg, run_dir, trainer=trainer)
+    work = agents.NUMPY_WORK
+    agents.NUMPY_WORK = 0 if path == "torch" else work
+    try:
+        summary = run_training(cfg, run_dir, trainer=trainer)
+    finally:
+        agents.NUMPY_WORK = work
     timing = trainer.runner.timing
     extra = {"task": cfg.env, "path": path, "seed": cfg.seed, "wall_time_s": summary["wall_time_s"],
              "learn_s": round(timing["learn"], 2), "updates": summary["updates"]}
@@ -62,13 +79,13 @@ def train_one(cfg, run_dir: Path, path: str) -> dict:
     return extra
 
 
-def run_tasks(out: Path, tasks: list[str], seeds: int | None, t_max: int | None) -> None:
+def run_tasks(out: Path, tasks: list[str], seeds: int | None, t_max: int | None, compare: str) -> None:
     plans = []
     for task in tasks:
         n_seeds, overrides = TASKS[task]
         for seed in range(seeds or n_seeds):
-            for path in PATHS:  # interleaved, so that drifting machine load hits both paths alike
-                cfg = resolve({**COMMON, "env": task, "seed": seed, **overrides,
+            for path in COMPARISONS[compare]:  # interleaved, so that drifting machine load hits both alike
+                cfg = resolve({**COMMON, "env": task, "seed": seed, **overrides, **EXTRA[compare],
                                **({"t_max": t_max} if t_max is not None else {})})
                 plans.append((cfg, task_dir(out, task) / path / f"seed{seed}", path))
     for _, run_dir, _ in plans:
@@ -146,14 +163,15 @@ METRICS = {"test/return_mean": "test return", "test/win_rate": "test win rate",
            "train/return_mean": "train return"}
 
 
-def report(out: Path, tasks: list[str]) -> None:
+def report(out: Path, tasks: list[str], compare: str) -> None:
+    paths = COMPARISONS[compare]
     for task in tasks:
         root = task_dir(out, task)
         runs = {path: [(json.loads((d / "equivalence.json").read_text()), load_metrics(d))
                        for d in sorted(root.glob(f"{path}/seed*/"), key=lambda d: int(d.name[4:]))
                        if (d / "equivalence.json").is_file()]
-                for path in PATHS}
-        done = [path for path in PATHS if runs[path]]
+                for path in paths}
+        done = [path for path in paths if runs[path]]
         if not done:
             print(f"## {task}\n\nno finished runs under {root}\n")
             continue
@@ -175,10 +193,11 @@ def report(out: Path, tasks: list[str]) -> None:
                       pm([e["learn_s"] for e, _ in runs[path]], ".1f")]
             print("| " + " | ".join(cells) + " |")
         print()
-        if len(done) == len(PATHS):
+        if len(done) == len(paths):
+            a, b = paths
             for k in keys:
-                diff, t, df, p = welch([area(m, k) for _, m in runs["fast"]], [area(m, k) for _, m in runs["plain"]])
-                print(f"- area under the {METRICS[k]} curve, plain − fast: {diff:+.3f} "
+                diff, t, df, p = welch([area(m, k) for _, m in runs[a]], [area(m, k) for _, m in runs[b]])
+                print(f"- area under the {METRICS[k]} curve, {b} − {a}: {diff:+.3f} "
                       f"(Welch t = {t:.2f}, df = {df:.1f}, two-sided p = {p:.3f})")
             print()
 
@@ -190,15 +209,17 @@ def main() -> None:
     parser.add_argument("--t-max", type=int, default=None, help="env steps per run (default: per task)")
     parser.add_argument("--out", type=Path, default=Path("results/equivalence"))
     parser.add_argument("--report-only", action="store_true", help="only print the tables of the runs in --out")
+    parser.add_argument("--compare", choices=list(COMPARISONS), default="learner",
+                        help="learner: fast vs plain update; acting: NumPy vs torch acting step, one env")
     args = parser.parse_args()
     if args.seeds is not None and args.seeds < 1:
         parser.error("--seeds must be at least 1")
     if not args.report_only:
         try:
-            run_tasks(args.out, args.tasks, args.seeds, args.t_max)
+            run_tasks(args.out, args.tasks, args.seeds, args.t_max, args.compare)
         except QmixError as e:
             sys.exit(f"equivalence: {e}")
-    report(args.out, args.tasks)
+    report(args.out, args.tasks, args.compare)
 
 
 if __name__ == "__main__":

@@ -84,30 +84,43 @@ def test_runner_stages_exactly_what_the_env_returned(num_envs):
         assert abs(finished.returns[e] - sum(s["reward"] for s in episode[:-1])) < 1e-4
 
 
-def test_one_copy_staging_is_the_tensor_path_bit_for_bit():
-    """The single-copy NumPy writes against the general tensor path: same buffer, same staging
-    (an episode in flight included), same statistics."""
-    cfg = resolve({"env": "micro:3m"})
+def same_runs_two_ways(cfg, make_env, steps: int, choose_path) -> list[tuple]:
+    """Collect ``steps`` from a fresh environment, agent and runner twice, with ``choose_path(runner,
+    True)`` (the runner's own path, checked by the caller) and ``choose_path(runner, False)`` (the
+    general path); asserts both runs gave the same episodes, buffer and staging, bit for bit, and
+    returns ``(finished, buffer, runner, env)`` of each."""
     out = []
-    for numpy_path in (True, False):
-        env = make("micro:3m", num_envs=1, seed=7)
+    for default in (True, False):
+        env = make_env()
         info = env.info
         torch.manual_seed(0)
         agent = build_agent(cfg, info.obs_dim, info.n_agents, info.n_actions)
         buffer = EpisodeBuffer(64, info.episode_limit, info.n_agents, info.obs_dim, info.state_dim,
                                info.n_actions, torch.device("cpu"))
         runner = Runner(cfg, env, agent, torch.Generator().manual_seed(1))
+        choose_path(runner, default)
+        out.append((runner.collect(steps, epsilon=0.3, buffer=buffer), buffer, runner, env))
+    (fa, ba, ra, _), (fb, bb, rb, _) = out
+    assert fa.returns == fb.returns and fa.lengths == fb.lengths and fa.info == fb.info
+    for x, y in ((ba.state_dict(), bb.state_dict()), (ra.state_dict(), rb.state_dict())):
+        for k in x:
+            assert torch.equal(torch.as_tensor(x[k]), torch.as_tensor(y[k])), k
+    assert int(ra.t[0]) > 0  # an episode was in flight
+    return out
+
+
+def test_one_copy_staging_is_the_tensor_path_bit_for_bit():
+    """The single-copy NumPy writes against the general tensor path: same buffer, same staging
+    (an episode in flight included), same statistics."""
+
+    def choose(runner, numpy_path):
+        assert runner._one_copy is not None
         if not numpy_path:
             runner._one_copy = None
-        finished = runner.collect(333, epsilon=0.3, buffer=buffer)
-        out.append((finished, buffer.state_dict(), runner.state_dict()))
-    (fa, ba, ra), (fb, bb, rb) = out
-    assert len(fa) >= 5 and fa.returns == fb.returns and fa.lengths == fb.lengths and fa.info == fb.info
-    for k in ba:
-        assert torch.equal(torch.as_tensor(ba[k]), torch.as_tensor(bb[k])), k
-    for k in ra:
-        assert torch.equal(torch.as_tensor(ra[k]), torch.as_tensor(rb[k])), k
-    assert int(ra["t"][0]) > 0  # an episode was in flight
+
+    (finished, *_), _ = same_runs_two_ways(resolve({"env": "micro:3m"}), lambda: make("micro:3m", num_envs=1, seed=7),
+                                           333, choose)
+    assert len(finished) >= 5
 
 
 def test_small_cpu_epsilon_greedy_is_the_tensor_path_bit_for_bit(monkeypatch):
@@ -172,26 +185,16 @@ def test_one_copy_lane_is_the_tensor_path_bit_for_bit():
     pytest.importorskip("lbforaging")
     if "ScoredForaging-v0" not in gymnasium.registry:
         gymnasium.register("ScoredForaging-v0", entry_point=_scored_foraging)
-    cfg = resolve({"env": "gym:ScoredForaging-v0"})
-    out = []
-    for lane in (True, False):
-        env = make("gym:ScoredForaging-v0", num_envs=1, seed=7, time_limit=15, info_keys=["collected"])
-        info = env.info
-        torch.manual_seed(0)
-        agent = build_agent(cfg, info.obs_dim, info.n_agents, info.n_actions)
-        buffer = EpisodeBuffer(64, info.episode_limit, info.n_agents, info.obs_dim, info.state_dim,
-                               info.n_actions, torch.device("cpu"))
-        runner = Runner(cfg, env, agent, torch.Generator().manual_seed(1))
+
+    def choose(runner, lane):
         assert runner._lane
         runner._lane = lane
-        finished = runner.collect(400, epsilon=0.3, buffer=buffer)
-        out.append((finished, buffer.state_dict(), runner.state_dict(), env._t.copy()))
-    (fa, ba, ra, ta), (fb, bb, rb, tb) = out
-    assert len(fa) >= 20 and fa.returns == fb.returns and fa.lengths == fb.lengths and fa.info == fb.info
-    assert set(fa.lengths) > {15} and any(x > 0 for x in fa.info["collected"])  # both endings, outcomes
-    assert not (buffer.avail[: len(fb)].all())  # LBF's masks were staged, not all-True rows
-    for k in ba:
-        assert torch.equal(torch.as_tensor(ba[k]), torch.as_tensor(bb[k])), k
-    for k in ra:
-        assert torch.equal(torch.as_tensor(ra[k]), torch.as_tensor(rb[k])), k
-    assert int(ra["t"][0]) > 0 and (ta == tb).all()  # an episode was in flight, same env clock
+
+    (finished, buffer, _, env_a), (_, _, _, env_b) = same_runs_two_ways(
+        resolve({"env": "gym:ScoredForaging-v0"}),
+        lambda: make("gym:ScoredForaging-v0", num_envs=1, seed=7, time_limit=15, info_keys=["collected"]),
+        400, choose)
+    assert len(finished) >= 20 and set(finished.lengths) > {15}  # terminal and time-limit endings
+    assert any(x > 0 for x in finished.info["collected"])  # outcomes read where episodes ended
+    assert not buffer.avail[: len(finished)].all()  # LBF's masks were staged, not all-True rows
+    assert (env_a._t == env_b._t).all()  # the same environment clock

@@ -116,77 +116,71 @@ class Runner:
         done = FinishedEpisodes()
         if self._now is None:  # restored from a checkpoint: read the current step back
             self._now = (self.obs[self._rows, self.t], self.avail[self._rows, self.t])
-        if self._lane:
-            self._collect_lane(steps, epsilon, buffer, done)
-            return done
-        actions_flat, reward_flat, terminated_flat = self._flat_steps
+        step = self._step_lane if self._lane else self._step_batch
         clock, timing = time.perf_counter, self.timing
         for _ in range(steps):
             t0 = clock()
             obs, avail = self._now
             actions = self.act(obs, avail, epsilon)
             t1 = clock()
-            res = self.env.step(actions)
-            t2 = clock()
-            if self._one_copy is not None:
-                ended = self._store_one(actions, res)
-            else:
-                step = self._first_step + self.t  # flat index of each copy's step t in [B * T]
-                actions_flat.index_copy_(0, step, actions)
-                reward_flat.index_copy_(0, step, res.reward)
-                terminated_flat.index_copy_(0, step, res.terminated)
-                self.ep_return += res.reward
-                self.t += 1
-                self._write_obs(self._first_row + self.t, res.obs, res.state, res.avail)
-                ended = res.terminated | res.truncated
-                if not ended.any():
-                    ended = None
-            self.last_actions = actions
-            self._now = (res.obs, res.avail)
-            if ended is not None:
-                done.extend(self._finish(ended, res.info, buffer))
+            t2 = step(actions, buffer, done)
             t3 = clock()
             timing["act"] += t1 - t0
             timing["env"] += t2 - t1
             timing["store"] += t3 - t2
         return done
 
-    def _collect_lane(self, steps: int, epsilon: float, buffer, done: FinishedEpisodes) -> None:
-        """``collect`` for one in-process copy of a library's environment (``one_copy_lane``): the
-        same writes as the tensor path, from the environment's NumPy answers, with no batch tensors
-        built for them."""
+    def _step_batch(self, actions: torch.Tensor, buffer, done: FinishedEpisodes) -> float:
+        """Step the batch with ``actions`` and stage its answer (finished episodes to ``buffer``
+        and ``done``); returns the clock when the environment had answered."""
+        res = self.env.step(actions)
+        t2 = time.perf_counter()
+        if self._one_copy is not None:
+            ended = self._store_one(actions, res)
+        else:
+            actions_flat, reward_flat, terminated_flat = self._flat_steps
+            step = self._first_step + self.t  # flat index of each copy's step t in [B * T]
+            actions_flat.index_copy_(0, step, actions)
+            reward_flat.index_copy_(0, step, res.reward)
+            terminated_flat.index_copy_(0, step, res.terminated)
+            self.ep_return += res.reward
+            self.t += 1
+            self._write_obs(self._first_row + self.t, res.obs, res.state, res.avail)
+            ended = res.terminated | res.truncated
+            if not ended.any():
+                ended = None
+        self.last_actions = actions
+        self._now = (res.obs, res.avail)
+        if ended is not None:
+            done.extend(self._finish(ended, res.info, buffer))
+        return t2
+
+    def _step_lane(self, actions: torch.Tensor, buffer, done: FinishedEpisodes) -> float:
+        """:meth:`_step_batch` for one in-process copy of a library's environment
+        (``one_copy_lane``): the same writes, from the environment's NumPy answers, with no batch
+        tensors built for them."""
         obs_s, state_s, avail_s, acts_s, reward_s, term_s, t_view, ep_return, ended = self._one_copy
-        env, keys = self.env, self.env.info.info_keys
-        now, (obs_now, avail_now) = self._lane_now, self._lane_np
-        clock, timing = time.perf_counter, self.timing
-        for _ in range(steps):
-            t0 = clock()
-            obs, avail = self._now
-            actions = self.act(obs, avail, epsilon)
-            t1 = clock()
-            acts = actions.numpy()[0]
-            o, s, a, r, term, trunc, info = env.step_one(acts)
-            t2 = clock()
-            t = int(t_view[0])
-            r = np.float32(r)  # the team reward as the batch path stores it, float32
-            acts_s[t] = acts
-            reward_s[t] = r
-            term_s[t] = term
-            ep_return += r
-            t += 1
-            t_view[0] = t
-            obs_s[t] = obs_now[:] = o
-            state_s[t] = s
-            avail_s[t] = avail_now[:] = a
-            self.last_actions = actions
-            self._now = now
-            if term or trunc:
-                outcome = {k: torch.tensor([info.get(k, 0.0)], dtype=torch.float32) for k in keys}
-                done.extend(self._finish(ended, outcome, buffer))
-            t3 = clock()
-            timing["act"] += t1 - t0
-            timing["env"] += t2 - t1
-            timing["store"] += t3 - t2
+        obs_now, avail_now = self._lane_np
+        acts = actions.numpy()[0]
+        o, s, a, r, term, trunc, info = self.env.step_one(acts)
+        t2 = time.perf_counter()
+        t = int(t_view[0])
+        r = np.float32(r)  # the team reward as the batch path stores it, float32
+        acts_s[t] = acts
+        reward_s[t] = r
+        term_s[t] = term
+        ep_return += r
+        t += 1
+        t_view[0] = t
+        obs_s[t] = obs_now[:] = o
+        state_s[t] = s
+        avail_s[t] = avail_now[:] = a
+        self.last_actions = actions
+        self._now = self._lane_now
+        if term or trunc:
+            outcome = {k: torch.tensor([info.get(k, 0.0)], dtype=torch.float32) for k in self.env.info.info_keys}
+            done.extend(self._finish(ended, outcome, buffer))
+        return t2
 
     def _store_one(self, actions: torch.Tensor, res) -> torch.Tensor | None:
         """The collect step's writes for a single CPU copy, through NumPy views; returns the
