@@ -310,7 +310,10 @@ def _serve(fd: int) -> None:
         # Loaded while the main process sets up. (Any torch optimiser's construction imports
         # torch._dynamo, a second or more: here it is loaded before the first message too.)
         import qmix.learner  # noqa: F401
-        import torch._dynamo  # noqa: F401
+        try:
+            import torch._dynamo  # noqa: F401
+        except ImportError:  # a build without it: its optimisers do not need it either
+            pass
 
         cfg, info, threads, init = conn.recv()
         _serve_loop(conn, cfg, info, threads, init)
