@@ -43,7 +43,21 @@ OVERLAP_ARGS = ["--env", "matrix:two-step", "--seed", "3", "t_max=2000", "checkp
                 "num_envs=1", "episodes_per_update=1", "batch_size=8", "learner_process=on"]
 
 
-@pytest.mark.parametrize("args", [ARGS, MICRO_ARGS, OVERLAP_ARGS], ids=["matrix", "micro", "learner-process"])
+# A library's environment, one copy answering in NumPy (VectorEnv.step_one), mid-episode at the
+# checkpoints, with the learner in a second process.
+LBF_ARGS = ["--env", "lbf:Foraging-5x5-2p-1f-v3", "--seed", "3", "t_max=2000", "checkpoint_interval=250",
+            "test_interval=250", "log_interval=250", "test_episodes=4", "use_tensorboard=false", "torch_threads=1",
+            "num_envs=1", "episodes_per_update=1", "batch_size=8", "learner_process=on"]
+try:
+    import lbforaging  # noqa: F401
+    HAVE_LBF = True
+except ImportError:
+    HAVE_LBF = False
+
+
+@pytest.mark.parametrize("args", [ARGS, MICRO_ARGS, OVERLAP_ARGS,
+                                  pytest.param(LBF_ARGS, marks=pytest.mark.skipif(not HAVE_LBF, reason="needs lbforaging"))],
+                         ids=["matrix", "micro", "learner-process", "lbf-one-copy"])
 def test_sigterm_then_resume_matches_uninterrupted(tmp_path, args):
     full, cut = tmp_path / "full", tmp_path / "cut"
     p = qmix(*args, "--out", str(full))
