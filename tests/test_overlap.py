@@ -12,7 +12,7 @@ from qmix.trainer import Trainer
 
 # One battle at a time, a buffer small enough to wrap around (and so to draw the row the next
 # episode fills, which must wait for it), hard target updates every few episodes.
-BASE = {"alg": "qmix", "env": "matrix:two-step", "num_envs": 1, "episodes_per_update": 1, "seed": 5, "t_max": 100_000, "batch_size": 4,
+BASE = {"alg": "qmix", "env": "matrix:two-step", "device": "cpu", "num_envs": 1, "episodes_per_update": 1, "seed": 5, "t_max": 100_000, "batch_size": 4,
         "buffer_size": 12, "target_update_interval": 5, "rnn_hidden_dim": 16, "mixing_embed_dim": 8,
         "torch_threads": 1, "test_episodes": 0, "progress": False, "use_tensorboard": False,
         "checkpoint_interval": 0}

@@ -11,7 +11,7 @@ import pytest
 
 
 ARGS = ["--env", "matrix:two-step", "--seed", "3", "t_max=6000", "checkpoint_interval=500",
-        "test_interval=500", "log_interval=500", "use_tensorboard=false", "torch_threads=1"]
+        "test_interval=500", "log_interval=500", "use_tensorboard=false", "torch_threads=1", "device=cpu"]
 
 
 def qmix(*args, **kw):
@@ -31,7 +31,7 @@ def metrics(run: Path):
 # micro: random battles in the training env and in the test env, whose episode counters (and so
 # its battles) must survive the checkpoint too.
 MICRO_ARGS = ["--env", "micro:3m", "--seed", "3", "t_max=4000", "checkpoint_interval=1000", "test_interval=1000",
-              "log_interval=1000", "test_episodes=8", "use_tensorboard=false", "torch_threads=1",
+              "log_interval=1000", "test_episodes=8", "use_tensorboard=false", "torch_threads=1", "device=cpu",
               "env_args.compile=false"]
 
 
@@ -39,14 +39,14 @@ MICRO_ARGS = ["--env", "micro:3m", "--seed", "3", "t_max=4000", "checkpoint_inte
 # terminal, the learner process too, which leaves it to the main one), checkpoints hold the serial
 # state even with an update running ahead.
 OVERLAP_ARGS = ["--env", "matrix:two-step", "--seed", "3", "t_max=2000", "checkpoint_interval=250",
-                "test_interval=250", "log_interval=250", "use_tensorboard=false", "torch_threads=1",
+                "test_interval=250", "log_interval=250", "use_tensorboard=false", "torch_threads=1", "device=cpu",
                 "num_envs=1", "episodes_per_update=1", "batch_size=8", "learner_process=on"]
 
 
 # A library's environment, one copy answering in NumPy (VectorEnv.step_one), mid-episode at the
 # checkpoints, with the learner in a second process.
 LBF_ARGS = ["--env", "lbf:Foraging-5x5-2p-1f-v3", "--seed", "3", "t_max=2000", "checkpoint_interval=250",
-            "test_interval=250", "log_interval=250", "test_episodes=4", "use_tensorboard=false", "torch_threads=1",
+            "test_interval=250", "log_interval=250", "test_episodes=4", "use_tensorboard=false", "torch_threads=1", "device=cpu",
             "num_envs=1", "episodes_per_update=1", "batch_size=8", "learner_process=on"]
 try:
     import lbforaging  # noqa: F401

@@ -139,6 +139,7 @@ def interrupted_study(tmp_path_factory):
     """qmix and vdn x seeds 1, 2 on matrix:two-step on a local Ray instance (2 CPUs), one trial
     at a time: SIGINT the sweep once the first trial finished and the second is mid-run, then
     run the same command again."""
+    pytest.importorskip("ray")
     root = tmp_path_factory.mktemp("study")
     sweep = _write(root / "two_step.yaml", {"name": "tiny", "base": TINY,
                                             "grid": {"alg": ["qmix", "vdn"], "env": ["matrix:two-step"], "seed": [1, 2]}})

@@ -35,7 +35,7 @@ def test_training_log_has_throughput_and_memory(tmp_path):
     from qmix.config import resolve
     from qmix.trainer import run_training
 
-    cfg = resolve({"alg": "qmix", "env": "matrix:two-step", "seed": 0, "progress": False, "t_max": 600,
+    cfg = resolve({"alg": "qmix", "env": "matrix:two-step", "seed": 0, "progress": False, "t_max": 600, "device": "cpu",
                    "log_interval": 200, "use_tensorboard": False, "torch_threads": 1})
     run_training(cfg, tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

@@ -146,7 +146,6 @@ class Trainer:
         if cfg.torch_threads > 0:
             torch.set_num_threads(cfg.torch_threads)
         self.device = resolve_device(cfg.device)
-        self.kernel_warning = configure_kernels(cfg.native_kernels, self.device)
         buffer_device = self.device if cfg.buffer_device == "auto" else resolve_device(cfg.buffer_device)
         self.overlap = overlap.wanted(cfg, self.device, buffer_device)
         started = overlap.start() if self.overlap else None  # it loads while the set-up below runs
@@ -170,6 +169,8 @@ class Trainer:
                              **cfg.env_args)
         info = self.env.info
         self.info = info
+        # After the environments: an error in their arguments comes before a first-run kernel build.
+        self.kernel_warning = configure_kernels(cfg.native_kernels, self.device)
         agent = build_agent(cfg, info.obs_dim, info.n_agents, info.n_actions).to(self.device)
         mixer = build_mixer(cfg, info.n_agents, info.state_dim)
         mixer = mixer.to(self.device) if mixer is not None else None
@@ -272,7 +273,9 @@ class Trainer:
         if state.get("test_env_state") is not None:  # absent from checkpoints of earlier versions
             self.test_env.set_state(state["test_env_state"])
         acc = state["accumulator"]
-        self.acc = Accumulator(acc["episodes"], {k: [torch.tensor(x) for x in v] for k, v in acc["learner"].items()})
+        # on the learner's device, as the statistics of the updates to come (stacked together at the next log)
+        self.acc = Accumulator(acc["episodes"], {k: [torch.tensor(x, device=self.device) for x in v]
+                                                 for k, v in acc["learner"].items()})
         self.last_test, self.best_test = state["last_test"], state["best_test"]
         return state["buffer"]
 
@@ -331,7 +334,8 @@ class Trainer:
     def train_metrics(self) -> dict:
         out = episode_metrics("train", self.acc.episodes)
         for k, v in self.acc.learner.items():
-            out[k] = float(torch.stack([torch.as_tensor(x) for x in v]).float().mean())
+            first = torch.as_tensor(v[0])  # one stack where the first lives (a resumed run's may be elsewhere)
+            out[k] = float(torch.stack([torch.as_tensor(x).to(first.device) for x in v]).float().mean())
         out["epsilon"] = self.epsilon(self.counters.t_env)
         out["updates"] = self.counters.updates
         self.acc = Accumulator()

@@ -101,17 +101,23 @@ def bench_act(env_id: str, num_envs_list: list[int], steps: int, device: str, se
     return rows
 
 
-def bench_train(name: str, steps: int | None, device: str, seed: int, extra: dict | None = None) -> dict:
+def train_config(name: str, steps: int | None, device: str, seed: int, extra: dict | None = None):
+    """The config of train scenario ``name`` with the user's overrides (their errors raised here)."""
     from qmix.config import merge_config, resolve
-    from qmix.trainer import Trainer
 
     if name not in TRAIN_SCENARIOS:
         raise QmixError(f"unknown train scenario {name!r}; known: {', '.join(TRAIN_SCENARIOS)}.")
     alg, env_id, overrides, default_steps = TRAIN_SCENARIOS[name]
     overrides = merge_config(overrides, extra or {})  # the user's overrides win; env_args are merged
-    steps = steps or default_steps
-    cfg = resolve({"alg": alg, "env": env_id, "seed": seed, "device": device, "t_max": steps,
-                   "progress": False, "use_tensorboard": False, "checkpoint_interval": 0, **overrides})
+    return resolve({"alg": alg, "env": env_id, "seed": seed, "device": device, "t_max": steps or default_steps,
+                    "progress": False, "use_tensorboard": False, "checkpoint_interval": 0, **overrides})
+
+
+def bench_train(name: str, steps: int | None, device: str, seed: int, extra: dict | None = None) -> dict:
+    from qmix.trainer import Trainer
+
+    cfg = train_config(name, steps, device, seed, extra)
+    env_id = cfg.env
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, tmp)
         c = trainer.counters
@@ -190,6 +196,11 @@ def _cmd_bench(args) -> int:
         env_args = parse_overrides(args.overrides).get("env_args", {})
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    if args.what == "train" and args.target:  # a mistyped key fails before a first-run kernel build
+        from qmix.config import parse_overrides
+
+        train_config(args.target, args.steps, args.device, args.seed,
+                     {"native_kernels": args.native, **parse_overrides(args.overrides)})
     info = machine()
     if args.what in ("learner", "train") and args.device == "cpu":
         from qmix.trainer import configure_kernels

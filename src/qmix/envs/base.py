@@ -90,7 +90,9 @@ class BatchedEnv(ABC):
         return copy.deepcopy({k: v for k, v in self.__dict__.items() if not _compiled_method(v)})
 
     def set_state(self, state) -> None:
-        self.__dict__.update(copy.deepcopy(state))
+        """Continue from :meth:`get_state`'s copy, whose tensors come back on this environment's
+        device (a checkpoint is read onto the CPU)."""
+        self.__dict__.update(_on(copy.deepcopy(state), self.device))
 
     def close(self) -> None:
         """Release resources (worker processes, simulators). Safe to call twice."""
@@ -111,6 +113,17 @@ class BatchedEnv(ABC):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _on(value, device):
+    """``value`` with every tensor in it (in dicts, lists and tuples too) on ``device``."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _on(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+        return type(value)(_on(v, device) for v in value)
+    return value
 
 
 def _compiled_method(value) -> bool:
