@@ -179,7 +179,7 @@ def _scored_foraging():
 
 def test_one_copy_lane_is_the_tensor_path_bit_for_bit():
     """One in-process copy of a library's environment answers in NumPy straight into the staging
-    (VectorEnv.step_one): against the general path through step()'s batch tensors, the same buffer,
+    (VectorEnv.step_one): against the general path through step()'s batch tensors and tensor writes, the same buffer,
     staging, statistics and outcomes, over terminal and time-limit endings and LBF's action masks."""
     gymnasium = pytest.importorskip("gymnasium")
     pytest.importorskip("lbforaging")
@@ -188,7 +188,8 @@ def test_one_copy_lane_is_the_tensor_path_bit_for_bit():
 
     def choose(runner, lane):
         assert runner._lane
-        runner._lane = lane
+        if not lane:  # the general tensor path
+            runner._lane, runner._one_copy = False, None
 
     (finished, buffer, _, env_a), (_, _, _, env_b) = same_runs_two_ways(
         resolve({"env": "gym:ScoredForaging-v0"}),

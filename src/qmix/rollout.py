@@ -159,46 +159,40 @@ class Runner:
         """:meth:`_step_batch` for one in-process copy of a library's environment
         (``one_copy_lane``): the same writes, from the environment's NumPy answers, with no batch
         tensors built for them."""
-        obs_s, state_s, avail_s, acts_s, reward_s, term_s, t_view, ep_return, ended = self._one_copy
-        obs_now, avail_now = self._lane_np
         acts = actions.numpy()[0]
         o, s, a, r, term, trunc, info = self.env.step_one(acts)
         t2 = time.perf_counter()
-        t = int(t_view[0])
-        r = np.float32(r)  # the team reward as the batch path stores it, float32
-        acts_s[t] = acts
-        reward_s[t] = r
-        term_s[t] = term
-        ep_return += r
-        t += 1
-        t_view[0] = t
-        obs_s[t] = obs_now[:] = o
-        state_s[t] = s
-        avail_s[t] = avail_now[:] = a
+        self._write_one(acts, np.float32(r), term, o, s, a)  # the team reward stored as float32, as in the batch path
+        obs_now, avail_now = self._lane_np
+        obs_now[:] = o
+        avail_now[:] = a
         self.last_actions = actions
         self._now = self._lane_now
         if term or trunc:
             outcome = {k: torch.tensor([info.get(k, 0.0)], dtype=torch.float32) for k in self.env.info.info_keys}
-            done.extend(self._finish(ended, outcome, buffer))
+            done.extend(self._finish(self._one_copy[-1], outcome, buffer))
         return t2
 
     def _store_one(self, actions: torch.Tensor, res) -> torch.Tensor | None:
         """The collect step's writes for a single CPU copy, through NumPy views; returns the
         ``ended`` mask if its episode ended, else None."""
-        obs, state, avail, acts, reward, terminated, t_view, ep_return, ended = self._one_copy
+        term = res.terminated.numpy()[0]
+        self._write_one(actions.numpy()[0], res.reward.numpy()[0], term, res.obs.numpy()[0],
+                        res.state.numpy()[0], res.avail.numpy()[0])
+        return self._one_copy[-1] if term or res.truncated.numpy()[0] else None
+
+    def _write_one(self, acts, reward, terminated, obs, state, avail) -> None:
+        """Stage one step of the single CPU copy (NumPy values) at its time index, and advance it."""
+        obs_s, state_s, avail_s, acts_s, reward_s, term_s, t_view, ep_return, _ = self._one_copy
         t = int(t_view[0])
-        r = res.reward.numpy()
-        term = res.terminated.numpy()
-        acts[t] = actions.numpy()[0]
-        reward[t] = r[0]
-        terminated[t] = term[0]
-        ep_return += r
-        t += 1
-        t_view[0] = t
-        obs[t] = res.obs.numpy()[0]
-        state[t] = res.state.numpy()[0]
-        avail[t] = res.avail.numpy()[0]
-        return ended if term[0] or res.truncated.numpy()[0] else None
+        acts_s[t] = acts
+        reward_s[t] = reward
+        term_s[t] = terminated
+        ep_return += reward
+        t_view[0] = t + 1
+        obs_s[t + 1] = obs
+        state_s[t + 1] = state
+        avail_s[t + 1] = avail
 
     def _finish(self, ended: torch.Tensor, info: dict, buffer) -> FinishedEpisodes:
         idx = ended.nonzero().squeeze(1)
