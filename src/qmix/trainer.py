@@ -273,9 +273,7 @@ class Trainer:
         if state.get("test_env_state") is not None:  # absent from checkpoints of earlier versions
             self.test_env.set_state(state["test_env_state"])
         acc = state["accumulator"]
-        # on the learner's device, as the statistics of the updates to come (stacked together at the next log)
-        self.acc = Accumulator(acc["episodes"], {k: [torch.tensor(x, device=self.device) for x in v]
-                                                 for k, v in acc["learner"].items()})
+        self.acc = Accumulator(acc["episodes"], {k: [torch.tensor(x) for x in v] for k, v in acc["learner"].items()})
         self.last_test, self.best_test = state["last_test"], state["best_test"]
         return state["buffer"]
 
@@ -334,7 +332,9 @@ class Trainer:
     def train_metrics(self) -> dict:
         out = episode_metrics("train", self.acc.episodes)
         for k, v in self.acc.learner.items():
-            first = torch.as_tensor(v[0])  # one stack where the first lives (a resumed run's may be elsewhere)
+            # one stack where the first lives: the statistics can sit on two devices (a resumed run's
+            # restored ones and nonfinite_updates on the CPU, the rest where the learner runs)
+            first = torch.as_tensor(v[0])
             out[k] = float(torch.stack([torch.as_tensor(x).to(first.device) for x in v]).float().mean())
         out["epsilon"] = self.epsilon(self.counters.t_env)
         out["updates"] = self.counters.updates
