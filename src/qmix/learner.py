@@ -28,6 +28,7 @@ from qmix.buffer import EpisodeBatch
 from qmix.controller import UNAVAILABLE
 from qmix.modules.agents import forward_packed_pair
 from qmix.modules.packing import EpisodePacking
+from qmix.optim import FlatAdam, FlatRMSprop
 
 
 def td_targets(reward: torch.Tensor, terminated: torch.Tensor, filled: torch.Tensor,
@@ -90,17 +91,21 @@ def masked_td_loss(q_tot: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> 
     return loss, stats
 
 
-def make_optimizer(cfg, params: list) -> torch.optim.Optimizer:
-    """RMSprop or Adam as configured; Adam's fused kernel where this torch has it (CPU and CUDA,
-    torch >= 2.4), RMSprop's multi-tensor one for several parameters: fewer, larger operations."""
+def make_optimizer(cfg, params: list):
+    """RMSprop or Adam as configured. On one flat parameter (the usual case, see
+    :func:`flatten_parameters`) qmix's own steps (:mod:`qmix.optim`: torch's arithmetic, without
+    loading torch's compiler front end); otherwise ``torch.optim``'s, Adam's fused kernel where
+    this torch has it (CPU and CUDA, torch >= 2.4), RMSprop's multi-tensor one."""
+    if len(params) == 1:
+        if cfg.optimizer == "adam":
+            return FlatAdam(params[0], lr=cfg.lr, eps=cfg.optim_eps)
+        return FlatRMSprop(params[0], lr=cfg.lr, alpha=cfg.optim_alpha, eps=cfg.optim_eps)
     if cfg.optimizer == "adam":
         try:
             return torch.optim.Adam(params, lr=cfg.lr, eps=cfg.optim_eps, fused=True)
         except (RuntimeError, TypeError, ValueError):
             return torch.optim.Adam(params, lr=cfg.lr, eps=cfg.optim_eps, foreach=True)
-    # One flat parameter (see flatten_parameters): the single-tensor loop has less overhead.
-    return torch.optim.RMSprop(params, lr=cfg.lr, alpha=cfg.optim_alpha, eps=cfg.optim_eps,
-                               foreach=len(params) > 1)
+    return torch.optim.RMSprop(params, lr=cfg.lr, alpha=cfg.optim_alpha, eps=cfg.optim_eps, foreach=True)
 
 
 class RewardStats:
@@ -186,19 +191,18 @@ class Learner:
         self.params = list(agent.parameters()) + (list(mixer.parameters()) if mixer is not None else [])
         self.flat = flatten_parameters(self.params)
         self.trained = [self.flat] if self.flat is not None else self.params  # what clipping and the optimiser see
-        # Built on first use: constructing any torch optimiser imports torch's compiler front end
-        # (a second or more, and as long again at exit), which a process that only holds these
-        # networks (the main process beside a learner process) never needs.
-        self._optimizer: torch.optim.Optimizer | None = None
+        # Built on first use (a process that only holds these networks, the main process beside
+        # a learner process, never needs it).
+        self._optimizer = None
         self._optimizer_state: dict | None = None  # loaded before the optimiser was built
         self.updates = 0
         self.reward_stats = RewardStats() if cfg.standardise_rewards else None
 
     @property
-    def optimizer(self) -> torch.optim.Optimizer:
+    def optimizer(self):
         return self.build_optimizer()
 
-    def build_optimizer(self) -> torch.optim.Optimizer:
+    def build_optimizer(self):
         """The optimiser, built now if it was not yet (with any state loaded before)."""
         if self._optimizer is None:
             self._optimizer = make_optimizer(self.cfg, self.trained)
@@ -270,8 +274,7 @@ class Learner:
         stats["nonfinite_updates"] = torch.tensor(0.0 if finite else 1.0)
         if not finite:
             return stats
-        if not self._rmsprop_step():
-            self.optimizer.step()
+        self.optimizer.step()
         self.updates += 1
         if self.cfg.target_update_tau > 0:
             self.soft_update_targets(self.cfg.target_update_tau)
@@ -288,26 +291,6 @@ class Learner:
         norm = torch.linalg.vector_norm(grad)
         grad.mul_((self.cfg.grad_norm_clip / (norm + 1e-6)).clamp_(max=1.0))
         return norm
-
-    @torch.no_grad()
-    def _rmsprop_step(self) -> bool:
-        """torch's RMSprop step (plain: no momentum, centring or weight decay) on the flat
-        parameter, the same operations on the optimiser's own state without ``Optimizer.step``'s
-        per-call overhead, which on small networks cost more than the arithmetic. False (nothing
-        done) for any other optimiser or setting, and before the state exists (the first step)."""
-        opt = self.optimizer
-        if self.flat is None or type(opt) is not torch.optim.RMSprop:
-            return False
-        group = opt.param_groups[0]
-        state = opt.state.get(self.flat)
-        if not state or any(group.get(k) for k in ("momentum", "centered", "weight_decay", "maximize",
-                                                    "differentiable", "capturable")):
-            return False
-        grad, square_avg = self.flat.grad, state["square_avg"]
-        state["step"] += 1
-        square_avg.mul_(group["alpha"]).addcmul_(grad, grad, value=1 - group["alpha"])
-        self.flat.addcdiv_(grad, square_avg.sqrt().add_(group["eps"]), value=-group["lr"])
-        return True
 
     @torch.no_grad()
     def snapshot(self) -> dict:

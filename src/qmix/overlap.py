@@ -307,13 +307,7 @@ def _serve(fd: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     conn = Connection(fd)
     try:
-        # Loaded while the main process sets up. (Any torch optimiser's construction imports
-        # torch._dynamo, a second or more: here it is loaded before the first message too.)
-        import qmix.learner  # noqa: F401
-        try:
-            import torch._dynamo  # noqa: F401
-        except ImportError:  # a build without it: its optimisers do not need it either
-            pass
+        import qmix.learner  # noqa: F401  (loaded while the main process sets up)
 
         cfg, info, threads, init = conn.recv()
         _serve_loop(conn, cfg, info, threads, init)
