@@ -82,3 +82,80 @@ def test_reset_mask_seeding_and_workers():
 def test_unknown_id():
     with pytest.raises(QmixError, match="Foraging-8x8-2p-3f-v3"):
         qmix.envs.make("lbf:Foraging-8x8-2p-3f-v2")
+
+
+# Variants the benchmark uses and the library's options that change observations: partial sight
+# (2s: agents near an edge see farther than their food window), cooperative food, no agent
+# levels, penalties, more agents and food than slots seen.
+OBS_VARIANTS = [
+    ("Foraging-8x8-2p-3f-v3", {}),
+    ("Foraging-2s-8x8-2p-2f-coop-v3", {}),
+    ("Foraging-2s-10x10-3p-3f-v3", {}),
+    ("Foraging-15x15-4p-4f-v3", {}),
+    ("Foraging-2s-12x12-5p-4f-v3", {"observe_agent_levels": False}),
+    ("Foraging-2s-6x6-4p-2f-v3", {"sight": 1, "penalty": 0.1}),
+]
+
+
+@pytest.mark.parametrize("name,kwargs", OBS_VARIANTS)
+def test_observations_are_the_librarys(name, kwargs):
+    """qmix's LBF observations equal the library's own function's, state after state."""
+    import gymnasium
+    import numpy as np
+
+    from qmix.envs.lbf import observations
+
+    env = gymnasium.make(name, disable_env_checker=True, **kwargs).unwrapped
+    library = type(env)._make_gym_obs
+    rng = np.random.default_rng(0)
+    env.reset(seed=3)
+    seen_far = 0
+    for t in range(3000):
+        ours, theirs = observations(env), library(env)
+        assert len(ours) == len(theirs)
+        for a, b in zip(ours, theirs):
+            assert a.dtype == b.dtype and np.array_equal(a, b), (name, t)
+        seen_far += _seen_past_window(env)
+        _, _, done, _, _ = env.step(tuple(int(x) for x in rng.integers(0, 6, len(env.players))))
+        if done or t % 60 == 59:
+            env.reset()
+    if env.sight < env.rows // 2:
+        assert seen_far > 0  # the edge rule was exercised
+
+
+def _seen_past_window(env) -> int:
+    """Agents that see another agent outside their food window (LBF's rule near the top/left edge)."""
+    s, count = env.sight, 0
+    for p in env.players:
+        r, c = p.position
+        r0, c0 = max(r - s, 0), max(c - s, 0)
+        for q in env.players:
+            y, x = q.position[0] - r0, q.position[1] - c0
+            if 0 <= y <= 2 * s and 0 <= x <= 2 * s and (q.position[0] > r + s or q.position[1] > c + s):
+                count += 1
+    return count
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_fast_and_library_observations_give_the_same_run(workers):
+    """The same seed plays the same episodes with qmix's observations and the library's."""
+    fast = qmix.envs.make(ID, num_envs=2, seed=5, workers=workers)
+    slow = qmix.envs.make(ID, num_envs=2, seed=5, workers=workers, library_obs=True)
+    assert same(rollout(fast, steps=300), rollout(slow, steps=300))
+    if workers == 0:
+        u = fast._envs[0].env.unwrapped
+        assert "observations" in repr(u.__dict__.get("_make_gym_obs"))  # checked, then kept
+        assert "_make_gym_obs" not in slow._envs[0].env.unwrapped.__dict__
+
+
+def test_observations_that_differ_from_the_librarys_fall_back_with_a_warning(monkeypatch):
+    import qmix.envs.lbf as lbf
+
+    monkeypatch.setattr(lbf, "observations", lambda env: tuple(o + 1 for o in type(env)._make_gym_obs(env)))
+    with pytest.warns(UserWarning, match="observations differ"):
+        env = qmix.envs.make(ID, num_envs=1, seed=0)
+        obs, _, _ = env.reset()
+    monkeypatch.undo()
+    reference = qmix.envs.make(ID, num_envs=1, seed=0, library_obs=True)
+    assert torch.equal(obs, reference.reset()[0])
+    assert "_make_gym_obs" not in env._envs[0].env.unwrapped.__dict__

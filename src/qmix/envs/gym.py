@@ -304,8 +304,10 @@ def make_gym_copy(
     avail_fn,
     index: int,
     seed: int,
+    adapt: Callable[[Any], None] | None = None,
 ) -> GymCopy:
-    """Build copy ``index`` (module-level so worker processes can unpickle it)."""
+    """Build copy ``index`` (module-level so worker processes can unpickle it); ``adapt(env)``,
+    if given, is called on the new environment first."""
     import gymnasium
 
     kwargs = dict(make_kwargs)
@@ -318,10 +320,12 @@ def make_gym_copy(
         raise
     except Exception as exc:
         raise QmixError(f"could not build {env_id}: {type(exc).__name__}: {exc}") from None
+    if adapt is not None:
+        adapt(env)
     return GymCopy(env, env_id, seed, time_limit, reward_aggregation, tuple(info_keys), avail_masks, avail_fn)
 
 
-def build_vector(env_id: str, spec, num_envs, seed, device, args: dict, avail_fn=None) -> VectorEnv:
+def build_vector(env_id: str, spec, num_envs, seed, device, args: dict, avail_fn=None, adapt=None) -> VectorEnv:
     how = check_reward_aggregation(env_id, args["reward_aggregation"])
     time_limit = args.get("time_limit")
     if time_limit is not None and (not isinstance(time_limit, int) or isinstance(time_limit, bool) or time_limit < 1):
@@ -331,7 +335,7 @@ def build_vector(env_id: str, spec, num_envs, seed, device, args: dict, avail_fn
         raise QmixError(f"env_args.info_keys for {env_id} must be a list of names, got {info_keys!r}.")
     make_copy = functools.partial(
         make_gym_copy, spec, env_id, dict(args.get("make_kwargs", {})), time_limit, how,
-        tuple(info_keys), bool(args.get("avail_masks", True)), avail_fn,
+        tuple(info_keys), bool(args.get("avail_masks", True)), avail_fn, adapt=adapt,
     )
     return VectorEnv(env_id, make_copy, num_envs, seed, device, args["workers"], args["worker_timeout"])
 

@@ -11,10 +11,19 @@ A thin specialisation of the ``gym`` family (see :mod:`qmix.envs.gym`):
 - available actions: LBF's own valid moves (a move into a wall, an agent or food, or a load with
   no adjacent food, is unavailable); ``avail_masks: false`` makes every action available, as in
   the benchmark paper (LBF turns an invalid action into a no-op either way).
+- observations: LBF's vector observations (food, then self, then the other agents in sight, in
+  the agents' order; ``(-1, -1, 0)`` where nothing is seen) are computed here from the
+  environment's field and players (:func:`observations`): the same arrays as the library's own
+  function, which builds them through per-agent records and checks each against its space, two
+  thirds of its step's time. The first observation of every copy is checked against the
+  library's; ``library_obs: true`` keeps the library's function. Grid observations
+  (``grid_observation``) always use the library's.
 """
 
 from __future__ import annotations
 
+import functools
+import warnings
 from typing import Any
 
 import numpy as np
@@ -28,6 +37,7 @@ LBF_ENV_ARGS: dict[str, Any] = {
     "time_limit": 50,
     "reward_aggregation": "sum",
     "avail_masks": True,
+    "library_obs": False,
     "make_kwargs": {},
     **VECTOR_ENV_ARGS,
 }
@@ -65,6 +75,71 @@ def lbf_avail(env, info) -> np.ndarray:
     return mask
 
 
+def observations(env) -> tuple[np.ndarray, ...]:
+    """LBF's vector observation of every agent (``ForagingEnv._make_gym_obs`` without grid
+    observations), from ``env``'s field and players: for agent i at ``(r, c)`` with sight ``s``,
+    its window is rows ``max(r - s, 0) .. min(r + s, rows - 1)`` (columns alike) and positions are
+    relative to the window's corner. Food in the window, in row-major order: ``(y, x, level)``
+    per slot, ``max_num_food`` slots. Then agents: itself first, then the others in order, each
+    seen when both relative coordinates lie in ``[0, 2s]`` (LBF's rule: near the top or left
+    edge this reaches past the food window): ``(y, x[, level])``; unused slots ``(-1, -1[, 0])``."""
+    sight, rows, cols = env.sight, env.rows, env.cols
+    levels, players, field = env._observe_agent_levels, env.players, env.field
+    food = [(int(r), int(c), int(field[r, c])) for r, c in zip(*np.nonzero(field))]
+    agents = [(int(p.position[0]), int(p.position[1]), int(p.level)) for p in players]
+    unseen = [-1, -1, 0] * env.max_num_food + ([-1, -1, 0] if levels else [-1, -1]) * len(agents)
+    width, start = 3 if levels else 2, 3 * env.max_num_food
+    table = []
+    for i, (r, c, _) in enumerate(agents):
+        r0, c0 = max(r - sight, 0), max(c - sight, 0)
+        r1, c1 = min(r + sight, rows - 1), min(c + sight, cols - 1)
+        row = unseen.copy()
+        k = 0
+        for fr, fc, level in food:
+            if r0 <= fr <= r1 and c0 <= fc <= c1:
+                row[k:k + 3] = fr - r0, fc - c0, level
+                k += 3
+        k = start
+        for j in [i] + [j for j in range(len(agents)) if j != i]:
+            y, x, level = agents[j]
+            y, x = y - r0, x - c0
+            if 0 <= y <= 2 * sight and 0 <= x <= 2 * sight:
+                row[k:k + width] = (y, x, level) if levels else (y, x)
+                k += width
+        table.append(row)
+    out = np.array(table, np.float32)
+    return tuple(out)
+
+
+def _checked_observations(env):
+    """:func:`observations`, the first time compared with the library's own (a library version
+    whose observations differ keeps its own function, with a warning)."""
+    ours = observations(env)
+    theirs = type(env)._make_gym_obs(env)
+    if len(ours) == len(theirs) and all(np.array_equal(a, b) for a, b in zip(ours, theirs)):
+        env._make_gym_obs = functools.partial(observations, env)
+    else:
+        del env._make_gym_obs
+        warnings.warn("lbf: this lbforaging version's observations differ from qmix's; using its own "
+                      "(slower) function.", stacklevel=2)
+    return theirs
+
+
+def use_fast_observations(env) -> None:
+    """Make ``env`` (a Gymnasium-made ``ForagingEnv``) build its vector observations with
+    :func:`observations`; left as it is with grid observations or an overridden observation."""
+    u = env.unwrapped
+    try:
+        from lbforaging.foraging.environment import ForagingEnv
+    except ImportError:
+        return
+    if not isinstance(u, ForagingEnv) or getattr(u, "_grid_observation", True) \
+            or type(u)._make_gym_obs is not ForagingEnv._make_gym_obs \
+            or type(u)._make_obs is not ForagingEnv._make_obs:
+        return
+    u._make_gym_obs = functools.partial(_checked_observations, u)
+
+
 def make_lbf(name: str, num_envs: int, seed: int, device, **env_args):
     env_id = f"lbf:{name}"
     args = check_env_args(env_id, env_args, LBF_ENV_ARGS)
@@ -72,7 +147,8 @@ def make_lbf(name: str, num_envs: int, seed: int, device, **env_args):
     spec = with_kwargs(resolve_spec("lbf", name, prefix="Foraging"), max_episode_steps=NO_LIMIT)
     args["info_keys"] = []
     return build_vector(env_id, spec, num_envs, seed, device, args,
-                        avail_fn=lbf_avail if args["avail_masks"] else None)
+                        avail_fn=lbf_avail if args["avail_masks"] else None,
+                        adapt=None if args["library_obs"] else use_fast_observations)
 
 
 register("lbf", make_lbf, lambda: list(KNOWN))
