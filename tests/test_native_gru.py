@@ -255,3 +255,15 @@ def test_a_build_killed_midway_does_not_block_later_runs(kernel):
     assert done.stdout.split() == ["None", "True"]
     assert not (directory / "lock").exists()
     assert str(directory / "gru_kernel.cpp") in (directory / "build.ninja").read_text()
+
+
+def test_agents_without_a_gru_never_load_or_build_the_kernel(unbuildable, tmp_path, capsys):
+    """An MLP agent's run does not touch the kernel: no build, no warning, even with native_kernels=on."""
+    from qmix.cli import main
+
+    out = tmp_path / "run"
+    code = main(["train", *FAST, "agent=mlp", "native_kernels=on", "--quiet", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0 and (out / "summary.json").exists()
+    assert "native GRU" not in captured.out + captured.err
+    assert not native._state["tried"] and native.gru_module() is None

@@ -331,7 +331,7 @@ def _serve_loop(conn, cfg, info, threads: int, init: bytes) -> None:
     configure_allocator()
     torch.set_num_threads(threads)
     cpu = torch.device("cpu")
-    configure_kernels(cfg.native_kernels, cpu)
+    configure_kernels(cfg.native_kernels, cpu, recurrent=cfg.agent == "rnn")
     start = _from_bytes(init)
     learner = Learner(cfg, build_agent(cfg, info.obs_dim, info.n_agents, info.n_actions),
                       build_mixer(cfg, info.n_agents, info.state_dim), info.n_actions)

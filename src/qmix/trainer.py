@@ -122,12 +122,13 @@ def _env_state(env) -> Any:
         return None
 
 
-def configure_kernels(mode: str, device: torch.device) -> str | None:
-    """The native GRU kernel for a CPU learner (:mod:`qmix.modules.native`), built once per machine.
+def configure_kernels(mode: str, device: torch.device, recurrent: bool = True) -> str | None:
+    """The native GRU kernel for a CPU learner (:mod:`qmix.modules.native`), built once per machine;
+    not loaded for agents without a GRU (``recurrent=False``), which never use it.
 
     Returns a warning if ``auto`` falls back to the PyTorch path; QmixError if ``on`` cannot build.
     """
-    if device.type != "cpu":
+    if device.type != "cpu" or not recurrent:
         native.configure("off")
         return None
     if mode != "off" and not native.is_built():
@@ -170,7 +171,7 @@ class Trainer:
         info = self.env.info
         self.info = info
         # After the environments: an error in their arguments comes before a first-run kernel build.
-        self.kernel_warning = configure_kernels(cfg.native_kernels, self.device)
+        self.kernel_warning = configure_kernels(cfg.native_kernels, self.device, recurrent=cfg.agent == "rnn")
         agent = build_agent(cfg, info.obs_dim, info.n_agents, info.n_actions).to(self.device)
         mixer = build_mixer(cfg, info.n_agents, info.state_dim)
         mixer = mixer.to(self.device) if mixer is not None else None

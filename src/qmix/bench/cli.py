@@ -196,13 +196,15 @@ def _cmd_bench(args) -> int:
         env_args = parse_overrides(args.overrides).get("env_args", {})
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    recurrent = True  # the learner scenarios' agents have a GRU
     if args.what == "train" and args.target:  # a mistyped key fails before a first-run kernel build
         from qmix.config import parse_overrides
 
-        train_config(args.target, args.steps, args.device, args.seed,
-                     {"native_kernels": args.native, **parse_overrides(args.overrides)})
+        cfg = train_config(args.target, args.steps, args.device, args.seed,
+                           {"native_kernels": args.native, **parse_overrides(args.overrides)})
+        recurrent = cfg.agent == "rnn"
     info = machine()
-    if args.what in ("learner", "train") and args.device == "cpu":
+    if args.what in ("learner", "train") and args.device == "cpu" and recurrent:
         from qmix.trainer import configure_kernels
 
         warning = configure_kernels(args.native, torch.device("cpu"))
