@@ -219,3 +219,71 @@ def test_a_resumed_buffer_is_converted_to_the_runs_storage_type(tmp_path):
         assert torch.equal(buffer["actions"], saved["buffer"]["actions"])
     finally:
         resumed.close()
+
+
+def test_the_command_line_is_parsed_without_torch():
+    """`qmix ...` parses its command line and starts a learner process before loading torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from qmix.cli import build_parser, _prestart_learner; "
+            "build_parser().parse_args(['bench', 'train', 'lbf-epymarl']); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_when_the_command_line_starts_one_early(monkeypatch):
+    from qmix import launch
+
+    monkeypatch.setattr(launch, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(launch.os.path, "exists", lambda path: False)
+    monkeypatch.setattr(launch.shutil, "which", lambda name: None)
+    base = {"num_envs": 1, "t_max": 50_000, "learner_process": "auto", "device": "auto"}
+    assert launch.likely(base)
+    assert launch.likely({**base, "device": "cpu", "buffer_device": "cpu"})
+    assert launch.likely({**base, "t_max": 100, "learner_process": "on"})
+    assert not launch.likely({**base, "t_max": 100})
+    assert not launch.likely({**base, "num_envs": 8})
+    assert not launch.likely({**base, "learner_process": "off"})
+    assert not launch.likely({**base, "device": "cuda"})
+    assert not launch.likely({**base, "t_max": "soon"})  # unvalidated values: no guess
+    monkeypatch.setattr(launch.shutil, "which", lambda name: "/usr/bin/nvidia-smi")
+    assert not launch.likely(base)  # device=auto on a GPU machine: probably the GPU
+    monkeypatch.setattr(launch.shutil, "which", lambda name: None)
+    monkeypatch.setattr(launch, "usable_cpus", lambda: 1)
+    assert launch.likely({**base, "learner_process": "on"}) and not launch.likely(base)
+
+
+def test_a_prestarted_learner_process_is_taken_or_ended(tmp_path, monkeypatch):
+    from qmix import launch
+    from qmix.cli import main
+
+    started = []
+    real = launch.start
+    monkeypatch.setattr(launch, "start", lambda: started.append(real()) or started[-1])
+    # used: the command line starts it, the trainer takes it (no second start)
+    out = tmp_path / "run"
+    args = ["train", "--env", "matrix:two-step", "--quiet", "--out", str(out), "num_envs=1",
+            "learner_process=on", "t_max=300", "test_interval=1000", "use_tensorboard=false", "device=cpu"]
+    assert main(args) == 0 and (out / "summary.json").exists()
+    assert len(started) == 1 and started[0][0].poll() is not None and launch.take_prestarted() is None
+    # not used: a trainer that learns in its own process ends it at once
+    launch.prestart({"num_envs": 1, "learner_process": "on", "device": "cpu"})
+    assert len(started) == 2
+    tr = trainer(tmp_path, "serial", learner_process="off")
+    assert started[1][0].poll() is not None and launch.take_prestarted() is None and not tr.overlap
+    tr.close()
+
+
+def test_a_command_that_fails_leaves_no_learner_process(tmp_path, monkeypatch):
+    from qmix import launch
+    from qmix.cli import main
+
+    started = []
+    real = launch.start
+    monkeypatch.setattr(launch, "start", lambda: started.append(real()) or started[-1])
+    code = main(["train", "--env", "matrix:two-step", "--quiet", "--out", str(tmp_path / "run"), "num_envs=1",
+                 "learner_process=on", "t_max=300", "device=cpu", "env_args.nonsense=1"])
+    assert code == 2 and len(started) == 1
+    assert started[0][0].poll() is not None and launch.take_prestarted() is None

@@ -10,7 +10,6 @@ import json
 import sys
 
 from qmix.errors import QmixError
-from qmix.system import configure_allocator
 
 EPILOG_TRAIN = """\
 Any config key can be overridden as key=value after the options (dotted for env_args), e.g.
@@ -38,9 +37,8 @@ def _add_train(sub):
     p.add_argument("overrides", nargs="*", metavar="key=value")
 
 
-def _cmd_train(args) -> int:
+def _train_overrides(args) -> dict:
     from qmix.config import load_yaml_file, merge_config, parse_overrides
-    from qmix.trainer import train
 
     overrides = merge_config(load_yaml_file(args.config) if args.config else {}, parse_overrides(args.overrides))
     for key in ("alg", "env", "seed", "device"):
@@ -49,6 +47,13 @@ def _cmd_train(args) -> int:
             overrides[key] = value
     if args.quiet:
         overrides["progress"] = False
+    return overrides
+
+
+def _cmd_train(args) -> int:
+    from qmix.trainer import train
+
+    overrides = _train_overrides(args)
     if args.resume:
         for key in ("alg", "env", "seed"):
             if key in overrides:
@@ -166,14 +171,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _prestart_learner(args) -> None:
+    """``train`` (not resuming) and ``bench train``: start the run's learner process now, while
+    this process loads torch, if its settings make one likely (:mod:`qmix.launch`; the trainer
+    decides for itself later). A command line the real path rejects starts nothing here."""
+    from qmix import launch
+    from qmix.config import guess_settings, merge_config, parse_overrides
+
+    try:
+        if args.command == "train" and not args.resume:
+            overrides = _train_overrides(args)
+            settings = guess_settings(overrides.get("alg", "qmix"), overrides.get("env", "micro:3m"), overrides)
+        elif args.command == "bench" and args.what == "train" and args.target:
+            from qmix.bench.cli import TRAIN_SCENARIOS
+
+            alg, env, preset, steps = TRAIN_SCENARIOS[args.target]
+            overrides = merge_config(preset, parse_overrides(args.overrides))
+            settings = guess_settings(alg, env, {**overrides, "t_max": args.steps or steps, "device": args.device})
+        else:
+            return
+    except Exception:  # noqa: BLE001 - the command itself reports what is wrong
+        return
+    launch.prestart(settings)
+
+
 def main(argv: list[str] | None = None) -> int:
-    configure_allocator()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
         if args.command is None:
             parser.print_help()
             return 0
+        _prestart_learner(args)  # before torch is loaded (by the next line)
+        from qmix.system import configure_allocator
+
+        configure_allocator()
         return COMMANDS[args.command](args)
     except QmixError as e:
         print(f"qmix: error: {e}", file=sys.stderr)
@@ -184,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("qmix: interrupted", file=sys.stderr)
         return 130
+    finally:
+        from qmix import launch
+
+        launch.drop_prestarted()  # one that no run took (the command failed before its trainer)
 
 
 if __name__ == "__main__":

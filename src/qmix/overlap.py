@@ -24,7 +24,6 @@ import io
 import os
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -36,24 +35,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from qmix import launch
 from qmix.buffer import EpisodeBuffer
 from qmix.errors import QmixError
-
-MIN_STEPS = 20_000  # learner_process=auto: shorter runs do not repay the process start (~2 s)
-
-
-def usable_cpus() -> int:
-    """The CPUs this run may use: those it may be scheduled on, and no more than OMP_NUM_THREADS
-    where that is set (as a sweep does for each trial, to its share of the machine)."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
-    try:
-        cpus = min(cpus, int(os.environ.get("OMP_NUM_THREADS", "")))
-    except ValueError:
-        pass
-    return max(1, cpus)
+from qmix.launch import MIN_STEPS, Started, discard, take_prestarted, usable_cpus  # noqa: F401
 
 
 def wanted(cfg, device: torch.device, buffer_device: torch.device) -> bool:
@@ -79,34 +64,10 @@ def _from_bytes(data: bytes):
     return torch.load(io.BytesIO(data), weights_only=False)
 
 
-Started = tuple  # (subprocess.Popen, Connection)
-
-
 def start() -> Started:
-    """Start a learner process, which loads torch and the learner's code while the caller sets up
-    (a :class:`LearnerProcess` then gives it its work); :func:`discard` ends one never used."""
-    # A fresh interpreter (a fork would inherit this process's OpenMP and allocator state;
-    # multiprocessing's spawn would re-run the user's main script).
-    ours, theirs = socket.socketpair()
-    package_root = str(Path(__file__).resolve().parent.parent)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
-    # Its own session: a terminal's Ctrl-C (sent to the foreground group) reaches only the main
-    # process, even while this one is still starting; it ends when the main process's end closes
-    # the socket.
-    proc = subprocess.Popen([sys.executable, "-m", "qmix.overlap", str(theirs.fileno())],
-                            pass_fds=[theirs.fileno()], env=env, start_new_session=True)
-    theirs.close()
-    return proc, Connection(ours.detach())
-
-
-def discard(started: Started) -> None:
-    proc, conn = started
-    conn.close()  # it reads the end of its input and exits
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    """A learner process: the one the command line started early (:func:`qmix.launch.prestart`),
+    or a new one."""
+    return take_prestarted() or launch.start()
 
 
 class LearnerProcess:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from qmix import checkpoint as ckpt
-from qmix import overlap
+from qmix import launch, overlap
 from qmix.buffer import EpisodeBuffer
 from qmix.config import Config, from_stored, resolve, to_yaml
 from qmix.controller import EpsilonSchedule
@@ -148,7 +148,12 @@ class Trainer:
             torch.set_num_threads(cfg.torch_threads)
         self.device = resolve_device(cfg.device)
         buffer_device = self.device if cfg.buffer_device == "auto" else resolve_device(cfg.buffer_device)
-        self.overlap = overlap.wanted(cfg, self.device, buffer_device)
+        self.overlap = False
+        try:
+            self.overlap = overlap.wanted(cfg, self.device, buffer_device)
+        finally:
+            if not self.overlap:
+                launch.drop_prestarted()  # one the command line started for a run that will not use it
         started = overlap.start() if self.overlap else None  # it loads while the set-up below runs
         try:
             self._build(cfg, buffer_device, resume_state, started)

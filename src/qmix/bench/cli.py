@@ -16,10 +16,7 @@ import tempfile
 import time
 from datetime import datetime, timezone
 
-import torch
-
 from qmix.errors import QmixError
-from qmix.modules import native
 
 # Named training scenarios: (algorithm, env, overrides, default steps).
 TRAIN_SCENARIOS = {
@@ -45,6 +42,8 @@ TRAIN_SCENARIOS = {
 
 
 def machine() -> dict:
+    import torch
+
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -77,6 +76,8 @@ def peak_memory_mib() -> float:
 
 def bench_act(env_id: str, num_envs_list: list[int], steps: int, device: str, seed: int,
               env_args: dict | None = None) -> list[dict]:
+    import torch
+
     from qmix.config import resolve
     from qmix.envs import make
     from qmix.modules import build_agent
@@ -184,6 +185,10 @@ def register(sub, commands: dict) -> None:
 
 
 def _cmd_bench(args) -> int:
+    import torch
+
+    from qmix.modules import native
+
     stray = args.overrides or ([args.target] if args.target and "=" in args.target else [])
     if stray and args.what == "learner":
         raise QmixError(f"config overrides ({stray[0]}, ...) apply to qmix bench train, env and act only.")
