@@ -144,3 +144,14 @@ def test_bench_train_reports_rates_and_costs(capsys, tmp_path):
                 "time_env_pct", "peak_rss_mib"):
         assert row[key] >= 0, key
     assert row["learn_ms_per_update"] > 0 and row["updates"] > 0
+
+
+def test_bench_train_reports_the_learner_process(capsys, tmp_path):
+    out = tmp_path / "bench.json"
+    code, _, err = run(capsys, ["bench", "train", "micro-3m", "test_episodes=0", "batch_size=2", "num_envs=1",
+                                "learner_process=on", "env_args.compile=false", "--steps", "600", "--threads", "1",
+                                "--json", str(out)])
+    assert code == 0, err
+    row = json.loads(out.read_text())["results"][0]
+    assert row["learner_process"] is True and row["updates"] > 0
+    assert row["learner_process_ms_per_update"] > 0 and 0 < row["learner_process_busy_pct"] <= 100

@@ -147,7 +147,9 @@ def bench_train(name: str, steps: int | None, device: str, seed: int, extra: dic
             **{f"{k}_us_per_step": 1e6 * timing[k] / c.t_env for k in ("act", "env", "store") if k in timing},
             "learn_ms_per_update": 1e3 * timing.get("learn", 0.0) / max(c.updates, 1),
             # with a learner process, "learn" above is the time waited for it; its own time per update:
-            **({"learner_process_ms_per_update": 1e3 * busy / max(c.updates, 1)} if busy is not None else {}),
+            **({"learner_process_ms_per_update": 1e3 * busy / max(c.updates, 1),
+                # the share of the loop it spent updating: near 100, it is the slower side
+                "learner_process_busy_pct": 100 * busy / wall} if busy is not None else {}),
             "last_test": trainer.last_test, "peak_rss_mib": peak_memory_mib()}
 
 
