@@ -176,18 +176,15 @@ def _prestart_learner(args) -> None:
     this process loads torch, if its settings make one likely (:mod:`qmix.launch`; the trainer
     decides for itself later). A command line the real path rejects starts nothing here."""
     from qmix import launch
-    from qmix.config import guess_settings, merge_config, parse_overrides
+    from qmix.config import guess_settings
 
     try:
         if args.command == "train" and not args.resume:
-            overrides = _train_overrides(args)
-            settings = guess_settings(overrides.get("alg", "qmix"), overrides.get("env", "micro:3m"), overrides)
+            settings = guess_settings(_train_overrides(args))
         elif args.command == "bench" and args.what == "train" and args.target:
-            from qmix.bench.cli import TRAIN_SCENARIOS
+            from qmix.bench.cli import _train_args, train_overrides
 
-            alg, env, preset, steps = TRAIN_SCENARIOS[args.target]
-            overrides = merge_config(preset, parse_overrides(args.overrides))
-            settings = guess_settings(alg, env, {**overrides, "t_max": args.steps or steps, "device": args.device})
+            settings = guess_settings(train_overrides(*_train_args(args)))
         else:
             return
     except Exception:  # noqa: BLE001 - the command itself reports what is wrong

@@ -283,10 +283,12 @@ def env_preset(env_id: str) -> dict:
     return _load_yaml_resource("envs", f"{family}.yaml") or {}
 
 
-def guess_settings(alg: str, env_id: str, overrides: dict) -> dict:
-    """The presets of ``alg`` and of ``env_id``'s family with ``overrides`` on top, neither
-    validated nor loading any environment code (nor torch): for decisions taken before a run is
-    built (:func:`qmix.launch.prestart`). :func:`resolve` gives the real config."""
+def guess_settings(overrides: dict) -> dict:
+    """The presets of ``overrides``' alg and env family (the defaults where absent) with
+    ``overrides`` on top, neither validated nor loading any environment code (nor torch): for
+    decisions taken before a run is built (:func:`qmix.launch.prestart`). :func:`resolve` gives
+    the real config."""
+    alg, env_id = overrides.get("alg", Config.alg), overrides.get("env", Config.env)
     family = env_id.split(":", 1)[0] if isinstance(env_id, str) else ""
     env = (_load_yaml_resource("envs", f"{family}.yaml") or {}) if family.isidentifier() else {}
     return merge_config(merge_config(alg_preset(alg), env), overrides)

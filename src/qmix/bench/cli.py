@@ -102,22 +102,30 @@ def bench_act(env_id: str, num_envs_list: list[int], steps: int, device: str, se
     return rows
 
 
-def train_config(name: str, steps: int | None, device: str, seed: int, extra: dict | None = None):
-    """The config of train scenario ``name`` with the user's overrides (their errors raised here)."""
-    from qmix.config import merge_config, resolve
+def train_overrides(name: str, steps: int | None, device: str, seed: int, extra: dict | None = None) -> dict:
+    """The config keys of train scenario ``name`` with the user's ``extra`` on top (not yet
+    validated; no torch needed)."""
+    from qmix.config import merge_config
 
     if name not in TRAIN_SCENARIOS:
         raise QmixError(f"unknown train scenario {name!r}; known: {', '.join(TRAIN_SCENARIOS)}.")
     alg, env_id, overrides, default_steps = TRAIN_SCENARIOS[name]
     overrides = merge_config(overrides, extra or {})  # the user's overrides win; env_args are merged
-    return resolve({"alg": alg, "env": env_id, "seed": seed, "device": device, "t_max": steps or default_steps,
-                    "progress": False, "use_tensorboard": False, "checkpoint_interval": 0, **overrides})
+    return {"alg": alg, "env": env_id, "seed": seed, "device": device, "t_max": steps or default_steps,
+            "progress": False, "use_tensorboard": False, "checkpoint_interval": 0, **overrides}
 
 
-def bench_train(name: str, steps: int | None, device: str, seed: int, extra: dict | None = None) -> dict:
+def train_config(name: str, steps: int | None, device: str, seed: int, extra: dict | None = None):
+    """The config of train scenario ``name`` with the user's overrides (their errors raised here)."""
+    from qmix.config import resolve
+
+    return resolve(train_overrides(name, steps, device, seed, extra))
+
+
+def bench_train(name: str, cfg) -> dict:
+    """Train scenario ``name`` with config ``cfg`` (:func:`train_config`) and time it."""
     from qmix.trainer import Trainer
 
-    cfg = train_config(name, steps, device, seed, extra)
     env_id = cfg.env
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, tmp)
@@ -186,6 +194,14 @@ def register(sub, commands: dict) -> None:
     commands["bench"] = _cmd_bench
 
 
+def _train_args(args) -> tuple:
+    """``bench train``'s arguments for :func:`train_overrides` and :func:`train_config`."""
+    from qmix.config import parse_overrides
+
+    return (args.target, args.steps, args.device, args.seed,
+            {"native_kernels": args.native, **parse_overrides(args.overrides)})
+
+
 def _cmd_bench(args) -> int:
     import torch
 
@@ -205,10 +221,7 @@ def _cmd_bench(args) -> int:
         torch.set_num_threads(args.threads)
     recurrent = True  # the learner scenarios' agents have a GRU
     if args.what == "train" and args.target:  # a mistyped key fails before a first-run kernel build
-        from qmix.config import parse_overrides
-
-        cfg = train_config(args.target, args.steps, args.device, args.seed,
-                           {"native_kernels": args.native, **parse_overrides(args.overrides)})
+        cfg = train_config(*_train_args(args))
         recurrent = cfg.agent == "rnn"
     info = machine()
     if args.what in ("learner", "train") and args.device == "cpu" and recurrent:
@@ -253,10 +266,7 @@ def _cmd_bench(args) -> int:
     else:
         if not args.target:
             raise QmixError(f"qmix bench train needs a scenario: {', '.join(TRAIN_SCENARIOS)}.")
-        from qmix.config import parse_overrides
-
-        extra = {"native_kernels": args.native, **parse_overrides(args.overrides)}
-        rows = [bench_train(args.target, args.steps, args.device, args.seed, extra)]
+        rows = [bench_train(args.target, cfg)]
         _print_rows(rows)
     if args.json:
         with open(args.json, "w") as f:
