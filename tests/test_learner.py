@@ -263,3 +263,56 @@ def test_the_optimiser_is_built_on_first_use_with_any_state_loaded_before(optimi
     a.update(batch)
     c.update(batch)
     assert all(torch.equal(x, y) for x, y in zip(a.params, c.params))
+
+
+def test_full_batches_pack_by_slicing_as_the_index_path_packs():
+    """When every episode fills the batch, packing is a transpose and the rows of step t + shift
+    one slice: the same arrays as the general index path, row for row."""
+    from qmix.modules.packing import EpisodePacking
+
+    B, T = 5, 7
+    x = torch.randn(B, T + 2, 3, 2)
+    lengths = torch.full((B,), T)
+    fast, slow = EpisodePacking(lengths, T), EpisodePacking(lengths, T, uniform=False)
+    inputs_fast, inputs_slow = EpisodePacking(lengths + 1, T + 1), EpisodePacking(lengths + 1, T + 1, uniform=False)
+    assert fast.uniform and inputs_fast.uniform and not slow.uniform
+    assert fast.counts == slow.counts and fast.rows == slow.rows
+    for name in ("episode", "step", "index"):
+        assert torch.equal(getattr(fast, name), getattr(slow, name))
+    for shift in (0, 1, 2):
+        assert torch.equal(fast.pack(x, shift), slow.pack(x, shift))
+    packed = inputs_slow.pack(x)
+    for shift in (0, 1):
+        assert torch.equal(inputs_fast.take(packed, fast, shift), inputs_slow.take(packed, slow, shift))
+    y = torch.randn(fast.rows, 2)
+    assert torch.equal(fast.unpack(y), slow.unpack(y))
+    assert not EpisodePacking(torch.tensor([T, T - 1, T, T, T]), T).uniform
+
+
+@pytest.mark.parametrize("agent", ["rnn", "mlp"])
+def test_a_full_batch_updates_as_the_index_path_does(agent, monkeypatch):
+    """The learner on a batch of full-length episodes (the slicing path) gives the loss, the
+    gradients and the parameters of the general path, bit for bit."""
+    import qmix.learner as L
+    from qmix.bench.learner import LearnerShapes, bench_config, random_batch
+    from qmix.modules import build_agent, build_mixer
+    from qmix.modules.packing import EpisodePacking
+
+    s, cfg = LearnerShapes(6, 9, 3, 5, 4, 7), bench_config(agent=agent)
+    batch = random_batch(s, seed=3, full=True)
+
+    def learner():
+        torch.manual_seed(4)
+        return Learner(cfg, build_agent(cfg, s.obs_dim, s.n_agents, s.n_actions),
+                       build_mixer(cfg, s.n_agents, s.state_dim), s.n_actions)
+
+    fast, slow = learner(), learner()
+    seen = []
+    monkeypatch.setattr(L, "EpisodePacking", lambda lengths, T: seen.append(1) or EpisodePacking(lengths, T, uniform=False))
+    b = slow.update(batch)
+    monkeypatch.setattr(L, "EpisodePacking", lambda lengths, T: seen.append(0) or EpisodePacking(lengths, T))
+    a = fast.update(batch)
+    assert seen == [1, 1, 0, 0]
+    for k in ("loss", "grad_norm", "q_taken_mean", "target_mean"):
+        assert torch.equal(a[k], b[k]), k
+    assert torch.equal(fast.flat, slow.flat) and torch.equal(fast.flat.grad, slow.flat.grad)

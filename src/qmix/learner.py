@@ -223,19 +223,17 @@ class Learner:
         obs, last = inputs.pack(batch.obs), inputs.pack(last)
         # Online [M', n, A] with gradients and target without (their recurrences run side by side).
         q, q_target = forward_packed_pair(self.agent, self.target_agent, obs, last, inputs)
-        now = inputs.rows_of(steps.episode, steps.step)  # rows of s_t and s_{t+1} for each transition
-        after = inputs.rows_of(steps.episode, steps.step + 1)
         with torch.no_grad():
-            q_target = q_target.index_select(0, after)  # [M, n, A]
+            q_target = inputs.take(q_target, steps, shift=1)  # [M, n, A] at s_{t+1} for each transition
             avail_next = steps.pack(batch.avail, shift=1)  # [M, n, A]
             if cfg.double_q:
-                best = q.detach().index_select(0, after).masked_fill(~avail_next, UNAVAILABLE).argmax(-1, keepdim=True)
+                best = inputs.take(q.detach(), steps, shift=1).masked_fill(~avail_next, UNAVAILABLE).argmax(-1, keepdim=True)
                 next_q = q_target.gather(-1, best).squeeze(-1)  # [M, n]
             else:
                 next_q = q_target.masked_fill(~avail_next, UNAVAILABLE).max(-1).values
             # A dead or finished agent can have no available action at all: value it 0, not -1e10.
             next_q = next_q * avail_next.any(-1)
-        chosen = q.index_select(0, now).gather(-1, steps.pack(batch.actions).unsqueeze(-1)).squeeze(-1)  # [M, n]
+        chosen = inputs.take(q, steps).gather(-1, steps.pack(batch.actions).unsqueeze(-1)).squeeze(-1)  # [M, n]
 
         if self.mixer is not None:
             q_tot = self.mixer(chosen, steps.pack(batch.state))  # [M]

@@ -38,12 +38,15 @@ SCENARIOS = {
 }
 
 
-def random_batch(s: LearnerShapes, seed: int = 0, device="cpu") -> EpisodeBatch:
-    """A batch of random episodes; the longest is exactly ``T`` steps (so T is what is unrolled)."""
+def random_batch(s: LearnerShapes, seed: int = 0, device="cpu", full: bool = False) -> EpisodeBatch:
+    """A batch of random episodes; the longest is exactly ``T`` steps (so T is what is unrolled);
+    ``full``: every episode is."""
     g = torch.Generator().manual_seed(seed)
     B, T, n = s.batch, s.T, s.n_agents
     lengths = torch.randint(T // 2, T + 1, (B,), generator=g)
     lengths[0] = T
+    if full:
+        lengths[:] = T
     filled = torch.arange(T) < lengths.unsqueeze(1)
     terminated = torch.zeros(B, T, dtype=torch.bool)
     ends = torch.rand(B, generator=g) < 0.7  # most end in a terminal state, the rest time out
