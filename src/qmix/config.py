@@ -82,7 +82,7 @@ class Config:
     checkpoint_keep_buffers: int = 1  # only the newest N checkpoints keep their replay buffer (0 = all)
     use_tensorboard: bool = True  # write TensorBoard events beside metrics.jsonl
     torch_threads: int = 0  # intra-op threads (0 = leave torch's default)
-    native_kernels: Literal["auto", "on", "off"] = "auto"  # C++ GRU kernel for the CPU learner (auto: if it builds; unused by mlp agents)
+    native_kernels: Literal["auto", "on", "off"] = "auto"  # C++ kernels for the CPU learner: GRU, QMIX mixing (auto: if they build)
     learner_process: Literal["auto", "on", "off"] = "auto"  # learn beside collection, same results (auto: num_envs=1 on >= 2 CPUs)
     progress: bool = True  # live progress bar on the console
 

@@ -287,12 +287,12 @@ def _serve_loop(conn, cfg, info, threads: int, init: bytes) -> None:
     from qmix.learner import Learner
     from qmix.modules import build_agent, build_mixer
     from qmix.system import configure_allocator
-    from qmix.trainer import configure_kernels
+    from qmix.trainer import configure_kernels, needs_kernels
 
     configure_allocator()
     torch.set_num_threads(threads)
     cpu = torch.device("cpu")
-    configure_kernels(cfg.native_kernels, cpu, recurrent=cfg.agent == "rnn")
+    configure_kernels(cfg.native_kernels, cpu, needs_kernels(cfg))
     start = _from_bytes(init)
     learner = Learner(cfg, build_agent(cfg, info.obs_dim, info.n_agents, info.n_actions),
                       build_mixer(cfg, info.n_agents, info.state_dim), info.n_actions)

@@ -122,17 +122,22 @@ def _env_state(env) -> Any:
         return None
 
 
-def configure_kernels(mode: str, device: torch.device, recurrent: bool = True) -> str | None:
-    """The native GRU kernel for a CPU learner (:mod:`qmix.modules.native`), built once per machine;
-    not loaded for agents without a GRU (``recurrent=False``), which never use it.
+def needs_kernels(cfg) -> bool:
+    """Whether a learner of ``cfg`` has a use for the native kernels: a GRU agent or the QMIX mixer."""
+    return cfg.agent == "rnn" or cfg.mixer == "qmix"
+
+
+def configure_kernels(mode: str, device: torch.device, needed: bool = True) -> str | None:
+    """The native kernels for a CPU learner (:mod:`qmix.modules.native`), built once per machine;
+    not loaded where they have no use (``needed=False``: an MLP agent without the QMIX mixer).
 
     Returns a warning if ``auto`` falls back to the PyTorch path; QmixError if ``on`` cannot build.
     """
-    if device.type != "cpu" or not recurrent:
+    if device.type != "cpu" or not needed:
         native.configure("off")
         return None
     if mode != "off" and not native.is_built():
-        print("qmix: building the native GRU kernel (once per machine, about 30 s; native_kernels=off skips it)",
+        print("qmix: building the native kernels (once per machine, about 30 s; native_kernels=off skips it)",
               file=sys.stderr, flush=True)
     try:
         return native.configure(mode)
@@ -176,7 +181,7 @@ class Trainer:
         info = self.env.info
         self.info = info
         # After the environments: an error in their arguments comes before a first-run kernel build.
-        self.kernel_warning = configure_kernels(cfg.native_kernels, self.device, recurrent=cfg.agent == "rnn")
+        self.kernel_warning = configure_kernels(cfg.native_kernels, self.device, needs_kernels(cfg))
         agent = build_agent(cfg, info.obs_dim, info.n_agents, info.n_actions).to(self.device)
         mixer = build_mixer(cfg, info.n_agents, info.state_dim)
         mixer = mixer.to(self.device) if mixer is not None else None
@@ -467,7 +472,7 @@ def run_training(cfg: Config, run_dir: Path, resume_state: dict | None = None,
         progress.line(f"qmix: training {cfg.alg} on {cfg.env} (seed {cfg.seed}) -> {run_dir}  "
                       f"[{trainer.info.n_agents} agents, {trainer.info.n_actions} actions, "
                       f"buffer {trainer.buffer_bytes / 2**20:.0f} MiB on {trainer.buffer.device}"
-                      f"{', native GRU kernel' if native.active() else ''}"
+                      f"{', native kernels' if native.active() else ''}"
                       f"{', learning in a second process' if trainer.overlap else ''}]")
         if cfg.env_args.get("compile"):
             progress.line("qmix: the simulator is compiled at its first steps (cached on disk for later runs; "

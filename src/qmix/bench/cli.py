@@ -189,7 +189,7 @@ def register(sub, commands: dict) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = default)")
     p.add_argument("--native", choices=["auto", "on", "off"], default="auto",
-                   help="native C++ GRU kernel for the learner (learner, train; default auto: if it builds)")
+                   help="native C++ kernels for the learner: GRU, QMIX mixing (learner, train; default auto: if they build)")
     p.add_argument("--json", default=None, metavar="OUT.json", help="also write the results as JSON")
     commands["bench"] = _cmd_bench
 
@@ -219,20 +219,22 @@ def _cmd_bench(args) -> int:
         env_args = parse_overrides(args.overrides).get("env_args", {})
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    recurrent = True  # the learner scenarios' agents have a GRU
+    needed = True  # the learner scenarios' agents have a GRU (and a QMIX mixer)
     if args.what == "train" and args.target:  # a mistyped key fails before a first-run kernel build
+        from qmix.trainer import needs_kernels
+
         cfg = train_config(*_train_args(args))
-        recurrent = cfg.agent == "rnn"
+        needed = needs_kernels(cfg)
     info = machine()
-    if args.what in ("learner", "train") and args.device == "cpu" and recurrent:
+    if args.what in ("learner", "train") and args.device == "cpu" and needed:
         from qmix.trainer import configure_kernels
 
         warning = configure_kernels(args.native, torch.device("cpu"))
         if warning:
             print(f"qmix: warning: {warning}.", file=sys.stderr)
-        info["native_gru"] = native.active()
-    gru = f" | GRU: {'native' if info['native_gru'] else 'torch'}" if "native_gru" in info else ""
-    print(f"# {info['cpu']} | {info['cores']} cores | torch {info['torch']} ({info['threads']} threads){gru} "
+        info["native_kernels"] = native.active()
+    kernels = f" | kernels: {'native' if info['native_kernels'] else 'torch'}" if "native_kernels" in info else ""
+    print(f"# {info['cpu']} | {info['cores']} cores | torch {info['torch']} ({info['threads']} threads){kernels} "
           f"| {info['date']}")
     if args.what == "learner":
         from qmix.bench.learner import SCENARIOS, run_learner_bench

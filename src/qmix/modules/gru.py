@@ -86,11 +86,11 @@ def _previous_rows(counts: list[int], device) -> torch.Tensor:
 
 
 class _GRUNative(torch.autograd.Function):
-    """:class:`_GRUPacked` with the loops in C++ (``gru_kernel.cpp``)."""
+    """:class:`_GRUPacked` with the loops in C++ (``native_kernels.cpp``)."""
 
     @staticmethod
     def forward(ctx, gi, w_rec, b_in, rows):
-        kernel = native.gru_module()
+        kernel = native.module()
         out, gates = kernel.gru_forward(gi, w_rec, b_in, rows, True)
         ctx.save_for_backward(w_rec, out, gates)
         ctx.rows, ctx.kernel = rows, kernel
@@ -112,7 +112,7 @@ class _GRUNativePair(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, gi, w_rec, b_in, rows, gi_t, w_rec_t, b_in_t):
-        kernel = native.gru_module()
+        kernel = native.module()
         out, gates, out_t = kernel.gru_forward_pair(gi, w_rec, b_in, True, gi_t, w_rec_t, b_in_t, rows)
         ctx.save_for_backward(w_rec, out, gates)
         ctx.rows, ctx.kernel = rows, kernel
@@ -174,7 +174,7 @@ class _GRUPacked(torch.autograd.Function):
 
 def _kernel_for(x: torch.Tensor):
     """The native kernel if it is configured and ``x`` is a float32 CPU tensor, else None."""
-    kernel = native.gru_module()
+    kernel = native.module()
     return kernel if kernel is not None and x.dtype == torch.float32 and x.device.type == "cpu" else None
 
 

@@ -1,16 +1,19 @@
 """Native (C++) kernels, built on first use and cached on disk.
 
-The learner's GRU recurrence has a C++ implementation (``gru_kernel.cpp``): the same computation
-as :mod:`qmix.modules.gru`, with each step's element-wise work fused into one vectorised loop. It
-is compiled by ``torch.utils.cpp_extension`` (a C++ compiler is needed; ``-O3 -march=native``)
-into ``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``), under a name that includes
-this CPU's model and instruction-set flags, so machines sharing a home directory never load each
-other's build. Building takes about 30 s once; later runs load the cached library.
+Two parts of the CPU learner have a C++ implementation (``native_kernels.cpp``): the GRU
+recurrence (the same computation as :mod:`qmix.modules.gru`, with each step's element-wise work
+fused into one vectorised loop) and QMIX's mixing of the agents' utilities once the
+hypernetworks have run (:class:`qmix.modules.mixers.QMixer`, one pass forward and one backward).
+They are compiled by ``torch.utils.cpp_extension`` (a C++ compiler is needed; ``-O3
+-march=native``) into ``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``), under a
+name that includes this CPU's model and instruction-set flags, so machines sharing a home
+directory never load each other's build. Building takes about 30 s once; later runs load the
+cached library.
 
 ``QMIX_NATIVE_VERBOSE=1`` prints the compiler's commands and output (to see why a build fails).
 
-``native_kernels`` (config) chooses: ``auto`` (use it where it builds, else the PyTorch path, with
-one warning line), ``on`` (a build failure is an error), ``off`` (PyTorch path only).
+``native_kernels`` (config) chooses: ``auto`` (use them where they build, else the PyTorch path,
+with one warning line), ``on`` (a build failure is an error), ``off`` (PyTorch path only).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-_SOURCE = Path(__file__).with_name("gru_kernel.cpp")
+_SOURCE = Path(__file__).with_name("native_kernels.cpp")
 _lock = threading.Lock()
 _state: dict = {"mode": "off", "module": None, "error": None, "tried": False}
 
@@ -50,7 +53,7 @@ def _machine_fingerprint() -> str:
 @functools.cache
 def extension_name() -> str:
     source = hashlib.sha1(_SOURCE.read_bytes()).hexdigest()[:8]
-    return f"qmix_gru_{source}_{_machine_fingerprint()}"
+    return f"qmix_native_{source}_{_machine_fingerprint()}"
 
 
 def build_dir() -> Path:
@@ -128,10 +131,10 @@ def _build():
 
 
 def configure(mode: str = "auto") -> str | None:
-    """Select the GRU implementation for this process: ``auto``, ``on`` or ``off``.
+    """Select the learner's kernels for this process: ``auto``, ``on`` or ``off``.
 
-    Builds (or loads) the kernel unless ``off``. Returns None, or a one-line reason why the native
-    kernel is not used under ``auto``. Raises RuntimeError under ``on`` if it cannot be built.
+    Builds (or loads) the kernels unless ``off``. Returns None, or a one-line reason why the native
+    kernels are not used under ``auto``. Raises RuntimeError under ``on`` if they cannot be built.
     """
     if mode not in ("auto", "on", "off"):
         raise ValueError(f"native kernel mode must be auto, on or off; got {mode!r}")
@@ -148,15 +151,15 @@ def configure(mode: str = "auto") -> str | None:
                 _state["error"] = f"{type(exc).__name__}: {first[0] if first else ''}"[:300]
         if _state["module"] is None:
             if mode == "on":
-                raise RuntimeError(f"the native GRU kernel could not be built ({_state['error']})")
-            return f"the native GRU kernel could not be built ({_state['error']}); using the PyTorch path"
+                raise RuntimeError(f"the native kernels could not be built ({_state['error']})")
+            return f"the native kernels could not be built ({_state['error']}); using the PyTorch path"
         return None
 
 
-def gru_module():
+def module():
     """The compiled module if configured and available, else None."""
     return _state["module"] if _state["mode"] != "off" else None
 
 
 def active() -> bool:
-    return gru_module() is not None
+    return module() is not None

@@ -1,6 +1,6 @@
-"""The native (C++) GRU kernel: it builds where a C++ compiler exists, computes what the PyTorch
-path computes (values and gradients, checked against float64), keeps NaN visible, and the learner
-gives the same loss and gradients with it as without it."""
+"""The native (C++) kernels, the GRU recurrence and QMIX's mixing: they build where a C++ compiler
+exists, compute what the PyTorch path computes (values and gradients, checked against float64),
+keep NaN visible, and the learner gives the same loss and gradients with them as without them."""
 
 import shutil
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(not HAVE_CXX, reason="no C++ compiler on this ma
 def kernel():
     saved = dict(native._state)
     assert native.configure("on") is None  # builds (first time, ~30 s) or loads the cached library
-    yield native.gru_module()
+    yield native.module()
     native._state.update(saved)
 
 
@@ -151,7 +151,7 @@ def test_modes_off_auto_on(monkeypatch):
     saved = dict(native._state)
     try:
         native.configure("off")
-        assert native.gru_module() is None
+        assert native.module() is None
         with pytest.raises(ValueError):
             native.configure("fast")
 
@@ -162,7 +162,7 @@ def test_modes_off_auto_on(monkeypatch):
         native._state.update(module=None, error=None, tried=False)
         note = native.configure("auto")
         assert note and "compiler exploded" in note and "\n" not in note
-        assert native.gru_module() is None
+        assert native.module() is None
         with pytest.raises(RuntimeError, match="could not be built"):
             native.configure("on")
     finally:
@@ -172,7 +172,7 @@ def test_modes_off_auto_on(monkeypatch):
 
 def test_extension_name_depends_on_machine_and_source():
     name = native.extension_name()
-    assert name.startswith("qmix_gru_") and name == native.extension_name()
+    assert name.startswith("qmix_native_") and name == native.extension_name()
 
 
 def _broken_build():
@@ -198,8 +198,8 @@ def test_train_with_native_on_that_cannot_build_is_one_line_and_creates_nothing(
     out = tmp_path / "run"
     code = main(["train", *FAST, "native_kernels=on", "--quiet", "--out", str(out)])
     # (after the "building" notice where no kernel was built on this machine before)
-    err = [line for line in capsys.readouterr().err.strip().splitlines() if "building the native GRU" not in line]
-    assert code == 2 and len(err) == 1 and "native GRU kernel could not be built" in err[0], err
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if "building the native kernels" not in line]
+    assert code == 2 and len(err) == 1 and "native kernels could not be built" in err[0], err
     assert "native_kernels=auto or off" in err[0] and not out.exists()
 
 
@@ -211,7 +211,7 @@ def test_train_with_native_auto_that_cannot_build_warns_and_trains(unbuildable, 
     captured = capsys.readouterr()
     assert code == 0 and (out / "summary.json").exists()
     assert "using the PyTorch path" in captured.out + captured.err
-    assert native.gru_module() is None
+    assert native.module() is None
 
 
 @pytest.mark.parametrize("text,value", [("on", "on"), ("off", "off"), ("auto", "auto")])
@@ -254,16 +254,93 @@ def test_a_build_killed_midway_does_not_block_later_runs(kernel):
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["None", "True"]
     assert not (directory / "lock").exists()
-    assert str(directory / "gru_kernel.cpp") in (directory / "build.ninja").read_text()
+    assert str(directory / "native_kernels.cpp") in (directory / "build.ninja").read_text()
 
 
-def test_agents_without_a_gru_never_load_or_build_the_kernel(unbuildable, tmp_path, capsys):
-    """An MLP agent's run does not touch the kernel: no build, no warning, even with native_kernels=on."""
+def test_runs_without_a_gru_or_qmix_never_load_or_build_the_kernels(unbuildable, tmp_path, capsys):
+    """An MLP agent with VDN has no use for the kernels: no build, no warning, even with
+    native_kernels=on. With the QMIX mixer it has (and an unbuildable kernel is then reported)."""
     from qmix.cli import main
 
     out = tmp_path / "run"
-    code = main(["train", *FAST, "agent=mlp", "native_kernels=on", "--quiet", "--out", str(out)])
+    code = main(["train", "--alg", "vdn", *FAST, "agent=mlp", "native_kernels=on", "--quiet", "--out", str(out)])
     captured = capsys.readouterr()
     assert code == 0 and (out / "summary.json").exists()
-    assert "native GRU" not in captured.out + captured.err
-    assert not native._state["tried"] and native.gru_module() is None
+    assert "native" not in captured.out + captured.err
+    assert not native._state["tried"] and native.module() is None
+    code = main(["train", *FAST, "agent=mlp", "native_kernels=on", "--quiet", "--out", str(tmp_path / "qmix")])
+    assert code == 2 and "native kernels could not be built" in capsys.readouterr().err
+
+
+def _mixing_inputs(N, n, E, seed, strided):
+    """Hypernetwork outputs as QMixer.forward passes them (w1 [N, n E], b1, w_final [N, E],
+    v [N, 1]); ``strided``: column slices of one wider array, as 1-layer hypernetworks give."""
+    g = torch.Generator().manual_seed(seed)
+    qs = torch.randn(N, n, generator=g) * 3
+    if strided:
+        wide = torch.randn(N, n * E + 2 * E + 1 + 3, generator=g) * 2
+        w1, b1, wf, v = wide[:, 3:].split([n * E, E, E, 1], -1)
+    else:
+        w1, b1, wf, v = (torch.randn(N, k, generator=g) * 2 for k in (n * E, E, E, 1))
+    w1[0, :2] = 0.0  # abs' gradient at 0 is 0, as torch's
+    wf[1, 0] = 0.0
+    return [x.clone() if not strided else x for x in (qs, w1, b1, wf, v)]
+
+
+def _mixing(inputs, dtype, upstream):
+    """QMixer's mixing (forward and gradients) on these hypernetwork outputs, in ``dtype``."""
+    from qmix.modules.mixers import QMixer
+
+    qs, w1, b1, wf, v = (x.detach().to(dtype).requires_grad_() for x in inputs)
+    n, E = qs.shape[1], b1.shape[1]
+    mixer = QMixer(n, 3, embed_dim=E).to(dtype)
+    mixer.hypernets = lambda state: [w1, wf, b1, v]
+    out = mixer(qs, torch.zeros(qs.shape[0], 3, dtype=dtype))
+    (out * upstream.to(dtype)).sum().backward()
+    return out.detach().double(), [x.grad.double() for x in (qs, w1, b1, wf, v)]
+
+
+@pytest.mark.parametrize("N,n,E,strided", [(300, 3, 32, False), (257, 1, 8, True), (64, 5, 20, True), (50, 27, 32, False)])
+def test_native_mixing_is_as_accurate_as_the_float32_pytorch_path(kernel, N, n, E, strided):
+    """QMIX's mixing by the kernel: values and gradients (utilities and every hypernetwork output)
+    within float32 rounding of float64, as the PyTorch path is; any agent count and embedding width,
+    inputs with row strides."""
+    inputs = _mixing_inputs(N, n, E, seed=N, strided=strided)
+    upstream = torch.randn(N, generator=torch.Generator().manual_seed(1))
+    got, got_grads = _mixing(inputs, torch.float32, upstream)
+    saved = dict(native._state)
+    native.configure("off")
+    plain, plain_grads = _mixing(inputs, torch.float32, upstream)
+    want, want_grads = _mixing(inputs, torch.float64, upstream)
+    native._state.update(saved)
+    scale = want.abs().max()
+    assert (got - want).abs().max() <= 1e-5 * scale and (plain - want).abs().max() <= 1e-5 * scale
+    for a, p, w in zip(got_grads, plain_grads, want_grads):
+        tol = 1e-5 * max(w.abs().max().item(), 1.0)
+        assert (a - w).abs().max() <= tol and (p - w).abs().max() <= tol
+    assert torch.equal(got_grads[1][0, :2], torch.zeros(2, dtype=torch.float64))  # sgn(0) = 0
+
+
+def test_native_mixing_keeps_nan_visible_and_is_used_by_the_learner(kernel, monkeypatch):
+    inputs = _mixing_inputs(40, 3, 8, seed=0, strided=False)
+    inputs[1][5, 4] = float("nan")
+    inputs[2][7, 1] = float("nan")
+    out, grads = _mixing(inputs, torch.float32, torch.ones(40))
+    assert out[5].isnan() and out[7].isnan() and out[[0, 6, 8]].isfinite().all()
+    assert grads[0][5].isnan().any() and grads[0][0].isfinite().all()
+    # The learner's QMIX update goes through the kernel's mixing (online with gradients, target without).
+    from qmix.bench.learner import LearnerShapes, bench_config, build_pair, random_batch
+
+    calls = []
+    real = native.module()
+
+    class Spy:
+        def __getattr__(self, name):
+            if name.startswith("mix_"):
+                calls.append(name)
+            return getattr(real, name)
+
+    learner, _ = build_pair(LearnerShapes(4, 6, 2, 5, 3, 7), bench_config(), seed=0)
+    monkeypatch.setitem(native._state, "module", Spy())
+    learner.update(random_batch(LearnerShapes(4, 6, 2, 5, 3, 7)))
+    assert sorted(calls) == ["mix_backward", "mix_forward", "mix_forward"]

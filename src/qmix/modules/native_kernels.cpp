@@ -1,35 +1,36 @@
-// The learner's GRU recurrence (forward and backward through time) as one C++ loop per pass.
+// qmix's native (C++) kernels for the CPU learner, built on first use by qmix.modules.native
+// (torch.utils.cpp_extension, -O3 -march=native, cached on disk); the PyTorch path is used
+// wherever they are not available. Two of them:
 //
-// The same computation as qmix/modules/gru.py (_forward and _GRUPacked.backward), same scaled
-// weights and packed layout, with each step's element-wise work in one fused, vectorised loop
-// instead of seven (forward) or three (backward) tensor operations: the per-step cost becomes one
-// matrix product and one pass over the step's rows while they are in cache. Built on first use
-// by qmix.modules.native (torch.utils.cpp_extension, -O3 -march=native, cached on disk); the
-// Python path is used wherever it is not available.
+// 1. The GRU recurrence (forward and backward through time) as one C++ loop per pass: the same
+// computation as qmix/modules/gru.py (_forward and _GRUPacked.backward), same scaled weights and
+// packed layout, with each step's element-wise work in one fused, vectorised loop instead of
+// seven (forward) or three (backward) tensor operations: the per-step cost becomes one matrix
+// product and one pass over the step's rows while they are in cache.
 //
 // Layout (see gru.py): rows[t] rows per step, packed step after step; the episodes still running
 // at step t are the first rows[t] rows of step t-1's block. gi [M, 3H]: input products (the n
 // gate's rows doubled, no bias). w_rec [H+1, 3H]: W_hh^T (doubled n columns) with a bias row for
 // a constant-1 column of h. b_in [H]: the n gate's input bias (doubled). n = 2 sigmoid(a) - 1.
+//
+// 2. QMIX's mixing of the agents' utilities once the hypernetworks have run (qmix/modules/
+// mixers.py, QMixer.forward): per row, q_tot = sum_e |wf_e| elu(sum_a q_a |w1_ae| + b1_e) + v,
+// forward and backward each in one pass over the rows instead of about ten tensor operations.
 
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
 
 namespace {
 
-// sigmoid(x) = 1 / (1 + exp(-x)), exp by Cody-Waite range reduction and Cephes' degree-6
-// polynomial (about 1 ulp), written without branches or calls so that the compiler vectorises
-// the loops that use it. NaN stays NaN (the learner's non-finite check depends on it).
-inline float sigmoid_f(float x) {
-  float y = -x;
-  float c = y != y ? 0.0f : y;
-  c = c > 88.0f ? 88.0f : c;
-  c = c < -88.0f ? -88.0f : c;
+// exp(c) for c in [-88, 88] by Cody-Waite range reduction and Cephes' degree-6 polynomial (about
+// 1 ulp), written without branches or calls so that the compiler vectorises the loops that use it.
+inline float exp_f(float c) {
   const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to the nearest integer
   float t = c * 1.44269504088896341f + magic;
   float n = t - magic;  // round(c / ln 2)
@@ -47,7 +48,16 @@ inline float sigmoid_f(float x) {
   int32_t sb = (tb - 0x4B400000 + 127) << 23;  // 2^n, n from the low bits of t
   float scale;
   std::memcpy(&scale, &sb, 4);
-  float s = 1.0f / (1.0f + p * scale);
+  return p * scale;
+}
+
+// sigmoid(x) = 1 / (1 + exp(-x)). NaN stays NaN (the learner's non-finite check depends on it).
+inline float sigmoid_f(float x) {
+  float y = -x;
+  float c = y != y ? 0.0f : y;
+  c = c > 88.0f ? 88.0f : c;
+  c = c < -88.0f ? -88.0f : c;
+  float s = 1.0f / (1.0f + exp_f(c));
   return x != x ? x : s;
 }
 
@@ -279,8 +289,141 @@ std::vector<at::Tensor> gru_backward(const at::Tensor& d_out, const at::Tensor& 
   return {d_gh, d_w, d_b_in};
 }
 
+// ------------------------------------------------------------------------------ QMIX mixing
+namespace {
+
+// elu(x) = x for x > 0, exp(x) - 1 otherwise; NaN stays NaN. ``ex`` receives exp(min(x, 0)).
+inline float elu_f(float x, float& ex) {
+  float c = x != x ? 0.0f : x;
+  c = c > 0.0f ? 0.0f : c;
+  c = c < -88.0f ? -88.0f : c;
+  ex = exp_f(c);
+  float y = x > 0.0f ? x : ex - 1.0f;
+  return x != x ? x : y;
+}
+
+// sign as torch.sgn: 0 at 0, NaN for NaN (abs's gradient)
+inline float sgn_f(float x) { return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : x); }
+
+// x[0] + ... + x[E-1] in eight interleaved partial sums: vector additions instead of E dependent ones.
+inline float sum_f(const float* __restrict x, int64_t E) {
+  float part[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+  int64_t e = 0;
+  for (; e + 8 <= E; e += 8)
+    for (int k = 0; k < 8; ++k) part[k] += x[e + k];
+  for (int k = 0; e < E; ++e, ++k) part[k] += x[e];
+  return ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+}
+
+// pre[e] = sum_a q[a] |w1[a E + e]| + b1[e], summed over the agents first as the PyTorch path does.
+inline void mixing_input(int64_t n, int64_t E, const float* __restrict q, int64_t sq,
+                         const float* __restrict w1, const float* __restrict b1, float* __restrict pre) {
+  for (int64_t e = 0; e < E; ++e) pre[e] = q[0] * std::fabs(w1[e]);
+  for (int64_t a = 1; a < n; ++a) {
+    const float qa = q[a * sq];
+    const float* __restrict w = w1 + a * E;
+    for (int64_t e = 0; e < E; ++e) pre[e] += qa * std::fabs(w[e]);
+  }
+  for (int64_t e = 0; e < E; ++e) pre[e] += b1[e];
+}
+
+void check_mixing(const at::Tensor& qs, const std::vector<at::Tensor>& rows, int64_t E) {
+  TORCH_CHECK(qs.dim() == 2 && qs.scalar_type() == at::kFloat && qs.device().is_cpu(), "qs: [N, n] float32 on the CPU");
+  const int64_t N = qs.size(0), n = qs.size(1);
+  TORCH_CHECK(n > 0, "no agents");
+  for (const at::Tensor& t : rows) {
+    TORCH_CHECK(t.dim() == 2 && t.size(0) == N && t.stride(1) == 1 && t.scalar_type() == at::kFloat &&
+                    t.device().is_cpu(),
+                "mixing inputs: [N, k] float32 CPU arrays with unit column stride");
+  }
+  TORCH_CHECK(rows[0].size(1) == n * E, "w1: [N, n * E]");
+}
+
+}  // namespace
+
+// q_tot [N] from qs [N, n] and the hypernetworks' outputs w1 [N, n E], b1 [N, E], wf [N, E],
+// v [N, 1] (before abs; any row strides).
+at::Tensor mix_forward(const at::Tensor& qs, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& wf,
+                       const at::Tensor& v) {
+  const int64_t N = qs.size(0), n = qs.size(1), E = b1.size(1);
+  check_mixing(qs, {w1, b1, wf, v}, E);
+  at::Tensor out = at::empty({N}, qs.options());
+  const float *q = qs.data_ptr<float>(), *w1p = w1.data_ptr<float>(), *b1p = b1.data_ptr<float>(),
+              *wfp = wf.data_ptr<float>(), *vp = v.data_ptr<float>();
+  const int64_t lq = qs.stride(0), sq = qs.stride(1), l1 = w1.stride(0), lb = b1.stride(0), lf = wf.stride(0),
+                lv = v.stride(0);
+  float* o = out.data_ptr<float>();
+  at::parallel_for(0, N, 256, [&](int64_t begin, int64_t end) {
+    std::vector<float> buf(2 * E);
+    float* pre = buf.data();
+    float* term = pre + E;
+    for (int64_t i = begin; i < end; ++i) {
+      mixing_input(n, E, q + i * lq, sq, w1p + i * l1, b1p + i * lb, pre);
+      const float* __restrict f = wfp + i * lf;
+      for (int64_t e = 0; e < E; ++e) {
+        float ex;
+        term[e] = elu_f(pre[e], ex) * std::fabs(f[e]);
+      }
+      o[i] = sum_f(term, E) + vp[i * lv];
+    }
+  });
+  return out;
+}
+
+// Gradients of mix_forward for the upstream gradient g [N]: d_qs [N, n], d_w1 [N, n E],
+// d_b1 [N, E], d_wf [N, E] (that of v is g itself). The hidden layer is recomputed, not stored.
+std::vector<at::Tensor> mix_backward(const at::Tensor& g, const at::Tensor& qs, const at::Tensor& w1,
+                                     const at::Tensor& b1, const at::Tensor& wf) {
+  const int64_t N = qs.size(0), n = qs.size(1), E = b1.size(1);
+  check_mixing(qs, {w1, b1, wf}, E);
+  TORCH_CHECK(g.dim() == 1 && g.size(0) == N && g.scalar_type() == at::kFloat, "g: [N] float32");
+  at::Tensor d_q = at::empty({N, n}, qs.options()), d_w1 = at::empty({N, n * E}, qs.options()),
+             d_b1 = at::empty({N, E}, qs.options()), d_wf = at::empty({N, E}, qs.options());
+  const float *gp = g.data_ptr<float>(), *q = qs.data_ptr<float>(), *w1p = w1.data_ptr<float>(),
+              *b1p = b1.data_ptr<float>(), *wfp = wf.data_ptr<float>();
+  const int64_t lg = g.stride(0), lq = qs.stride(0), sq = qs.stride(1), l1 = w1.stride(0), lb = b1.stride(0),
+                lf = wf.stride(0);
+  float *dq = d_q.data_ptr<float>(), *dw1 = d_w1.data_ptr<float>(), *db1 = d_b1.data_ptr<float>(),
+        *dwf = d_wf.data_ptr<float>();
+  at::parallel_for(0, N, 256, [&](int64_t begin, int64_t end) {
+    std::vector<float> buf(2 * E);
+    float* pre = buf.data();
+    float* term = pre + E;
+    for (int64_t i = begin; i < end; ++i) {
+      const float* __restrict qi = q + i * lq;
+      const float* __restrict w = w1p + i * l1;
+      mixing_input(n, E, qi, sq, w, b1p + i * lb, pre);
+      const float gi = gp[i * lg];
+      const float* __restrict f = wfp + i * lf;
+      float* __restrict d_pre = db1 + i * E;  // the gradient of b1 is that of the hidden layer's input
+      float* __restrict d_f = dwf + i * E;
+      for (int64_t e = 0; e < E; ++e) {
+        const float x = pre[e];
+        float ex;
+        const float h = elu_f(x, ex);
+        d_f[e] = gi * h * sgn_f(f[e]);
+        const float dh = gi * std::fabs(f[e]);
+        d_pre[e] = x > 0.0f ? dh : dh * (x != x ? x : ex);  // elu'(x) = exp(x) for x <= 0
+      }
+      for (int64_t a = 0; a < n; ++a) {
+        const float qa = qi[a * sq];
+        const float* __restrict wa = w + a * E;
+        float* __restrict dwa = dw1 + (i * n + a) * E;
+        for (int64_t e = 0; e < E; ++e) {
+          dwa[e] = d_pre[e] * qa * sgn_f(wa[e]);
+          term[e] = d_pre[e] * std::fabs(wa[e]);
+        }
+        dq[i * n + a] = sum_f(term, E);
+      }
+    }
+  });
+  return {d_q, d_w1, d_b1, d_wf};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gru_forward", &gru_forward, "GRU recurrence over packed episodes (forward)");
   m.def("gru_forward_pair", &gru_forward_pair, "two GRU recurrences over the same packed episodes");
   m.def("gru_backward", &gru_backward, "GRU recurrence over packed episodes (backward)");
+  m.def("mix_forward", &mix_forward, "QMIX mixing of the agents' utilities (forward)");
+  m.def("mix_backward", &mix_backward, "QMIX mixing of the agents' utilities (backward)");
 }
