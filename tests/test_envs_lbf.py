@@ -123,6 +123,44 @@ def test_observations_are_the_librarys(name, kwargs):
         assert seen_far > 0  # the edge rule was exercised
 
 
+@pytest.mark.parametrize("name,kwargs", OBS_VARIANTS)
+def test_valid_moves_are_the_librarys(name, kwargs):
+    """qmix's table of valid moves equals the library's method's, state after state: the same
+    actions in the same order for every player (walls, food in the way, food to load)."""
+    import gymnasium
+    import numpy as np
+
+    from qmix.envs.lbf import valid_moves
+
+    env = gymnasium.make(name, disable_env_checker=True, **kwargs).unwrapped
+    rng = np.random.default_rng(1)
+    env.reset(seed=4)
+    seen = {"load": 0, "food_blocks": 0, "wall": 0}
+    for t in range(3000):
+        ours = valid_moves(env)
+        type(env)._gen_valid_moves(env)
+        assert ours == env._valid_actions, (name, t)
+        assert list(ours) == list(env.players)
+        for p, moves in ours.items():
+            names = [a.name for a in moves]
+            seen["load"] += "LOAD" in names
+            r, c = p.position
+            seen["wall"] += r == 0 and "NORTH" not in names
+            seen["food_blocks"] += r > 0 and env.field[r - 1, c] > 0 and "NORTH" not in names
+        _, _, done, _, _ = env.step(tuple(int(x) for x in rng.integers(0, 6, len(env.players))))
+        if done or t % 60 == 59:
+            env.reset()
+    assert all(v > 0 for v in seen.values()), seen
+    # Fields LBF's own spawning never makes (food on the border, next to every side): the same.
+    for t in range(500):
+        env.field = (rng.random(env.field.shape) < 0.4) * rng.integers(1, 4, env.field.shape).astype(env.field.dtype)
+        for p in env.players:
+            p.position = tuple(int(x) for x in rng.integers(0, env.field.shape))
+        ours = valid_moves(env)
+        type(env)._gen_valid_moves(env)
+        assert ours == env._valid_actions, (name, "random field", t)
+
+
 def _seen_past_window(env) -> int:
     """Agents that see another agent outside their food window (LBF's rule near the top/left edge)."""
     s, count = env.sight, 0
@@ -145,7 +183,9 @@ def test_fast_and_library_observations_give_the_same_run(workers):
     if workers == 0:
         u = fast._envs[0].env.unwrapped
         assert "observations" in repr(u.__dict__.get("_make_gym_obs"))  # checked, then kept
-        assert "_make_gym_obs" not in slow._envs[0].env.unwrapped.__dict__
+        assert "_set_valid_moves" in repr(u.__dict__.get("_gen_valid_moves"))  # checked 100 times, then kept
+        for name in ("_make_gym_obs", "_gen_valid_moves"):
+            assert name not in slow._envs[0].env.unwrapped.__dict__
 
 
 def test_observations_that_differ_from_the_librarys_fall_back_with_a_warning(monkeypatch):
@@ -159,3 +199,17 @@ def test_observations_that_differ_from_the_librarys_fall_back_with_a_warning(mon
     reference = qmix.envs.make(ID, num_envs=1, seed=0, library_obs=True)
     assert torch.equal(obs, reference.reset()[0])
     assert "_make_gym_obs" not in env._envs[0].env.unwrapped.__dict__
+
+
+def test_valid_moves_that_differ_from_the_librarys_fall_back_with_a_warning(monkeypatch):
+    import qmix.envs.lbf as lbf
+
+    real = lbf.valid_moves
+    monkeypatch.setattr(lbf, "valid_moves", lambda env: {p: m[:1] for p, m in real(env).items()})  # NONE only
+    with pytest.warns(UserWarning, match="valid moves differ"):
+        env = qmix.envs.make(ID, num_envs=1, seed=0, avail_masks=True)
+        _, _, avail = env.reset()
+    monkeypatch.undo()
+    reference = qmix.envs.make(ID, num_envs=1, seed=0, avail_masks=True, library_obs=True)
+    assert torch.equal(avail, reference.reset()[2]) and avail.sum() > avail.shape[1]
+    assert "_gen_valid_moves" not in env._envs[0].env.unwrapped.__dict__

@@ -16,8 +16,12 @@ A thin specialisation of the ``gym`` family (see :mod:`qmix.envs.gym`):
   environment's field and players (:func:`observations`): the same arrays as the library's own
   function, which builds them through per-agent records and checks each against its space, two
   thirds of its step's time. The first observation of every copy is checked against the
-  library's; ``library_obs: true`` keeps the library's function. Grid observations
-  (``grid_observation``) always use the library's.
+  library's. Grid observations (``grid_observation``) always use the library's.
+- valid moves: the table LBF keeps after every reset and step (which moves it lets through, and
+  the availability masks) is computed here too (:func:`valid_moves`), the same lists in the same
+  order as the library's method, which calls a per-action check through the ``Action`` enum, about
+  two fifths of what was left of its step; each copy's first ``CHECKED_CALLS`` tables are compared
+  with the library's. ``library_obs: true`` keeps the library's own functions for both.
 """
 
 from __future__ import annotations
@@ -125,19 +129,84 @@ def _checked_observations(env):
     return theirs
 
 
+@functools.cache
+def _actions() -> tuple:
+    """LBF's actions in ``Action``'s order, if it is the order :func:`valid_moves` assumes."""
+    from lbforaging.foraging.environment import Action
+
+    actions = tuple(Action)
+    names = ("NONE", "NORTH", "SOUTH", "WEST", "EAST", "LOAD")
+    return actions if tuple(a.name for a in actions) == names else ()
+
+
+def valid_moves(env) -> dict:
+    """``ForagingEnv._gen_valid_moves``'s table from ``env``'s field and players: for each player,
+    its valid actions in ``Action``'s order. NONE always; a move when the cell it leads to is on
+    the field and holds no food (players do not block here: LBF resolves collisions when moving);
+    LOAD when the four neighbouring cells, clamped to the field, hold food."""
+    none, north, south, west, east, load = _actions()
+    field = env.field.tolist()
+    rows, cols = len(field), len(field[0])
+    table = {}
+    for p in env.players:
+        r, c = int(p.position[0]), int(p.position[1])
+        moves = [none]
+        if r > 0 and field[r - 1][c] == 0:
+            moves.append(north)
+        if r < rows - 1 and field[r + 1][c] == 0:
+            moves.append(south)
+        if c > 0 and field[r][c - 1] == 0:
+            moves.append(west)
+        if c < cols - 1 and field[r][c + 1] == 0:
+            moves.append(east)
+        if field[max(r - 1, 0)][c] + field[min(r + 1, rows - 1)][c] + field[r][max(c - 1, 0)] \
+                + field[r][min(c + 1, cols - 1)] > 0:
+            moves.append(load)
+        table[p] = moves
+    return table
+
+
+CHECKED_CALLS = 100  # tables of each copy compared with the library's before trusting valid_moves
+
+
+def _set_valid_moves(env) -> None:
+    env._valid_actions = valid_moves(env)
+
+
+def _checked_valid_moves(env, calls: list) -> None:
+    """The library's valid moves and :func:`valid_moves`, compared, for the first
+    ``CHECKED_CALLS`` calls; then :func:`valid_moves` alone (or, after a difference, the
+    library's method alone, with a warning)."""
+    ours = valid_moves(env)
+    type(env)._gen_valid_moves(env)
+    if ours != env._valid_actions:
+        del env._gen_valid_moves
+        warnings.warn("lbf: this lbforaging version's valid moves differ from qmix's; using its own "
+                      "(slower) function.", stacklevel=2)
+        return
+    calls.append(1)
+    if len(calls) >= CHECKED_CALLS:
+        env._gen_valid_moves = functools.partial(_set_valid_moves, env)
+
+
 def use_fast_observations(env) -> None:
     """Make ``env`` (a Gymnasium-made ``ForagingEnv``) build its vector observations with
-    :func:`observations`; left as it is with grid observations or an overridden observation."""
+    :func:`observations` and its valid moves with :func:`valid_moves`; each left as it is where
+    the environment overrides the library's functions (or uses grid observations)."""
     u = env.unwrapped
     try:
         from lbforaging.foraging.environment import ForagingEnv
     except ImportError:
         return
-    if not isinstance(u, ForagingEnv) or getattr(u, "_grid_observation", True) \
-            or type(u)._make_gym_obs is not ForagingEnv._make_gym_obs \
-            or type(u)._make_obs is not ForagingEnv._make_obs:
+    if not isinstance(u, ForagingEnv):
         return
-    u._make_gym_obs = functools.partial(_checked_observations, u)
+    cls = type(u)
+    if not (getattr(u, "_grid_observation", True) or cls._make_gym_obs is not ForagingEnv._make_gym_obs
+            or cls._make_obs is not ForagingEnv._make_obs):
+        u._make_gym_obs = functools.partial(_checked_observations, u)
+    if _actions() and all(getattr(cls, name) is getattr(ForagingEnv, name)
+                          for name in ("_gen_valid_moves", "_is_valid_action", "adjacent_food")):
+        u._gen_valid_moves = functools.partial(_checked_valid_moves, u, [])
 
 
 def make_lbf(name: str, num_envs: int, seed: int, device, **env_args):
