@@ -155,3 +155,31 @@ def test_bench_train_reports_the_learner_process(capsys, tmp_path):
     row = json.loads(out.read_text())["results"][0]
     assert row["learner_process"] is True and row["updates"] > 0
     assert row["learner_process_ms_per_update"] > 0 and 0 < row["learner_process_busy_pct"] <= 100
+
+
+def test_the_command_ends_fast_with_everything_of_the_run_written(tmp_path):
+    """The ``qmix`` command ends without the interpreter's teardown: its run directory is
+    complete (the last metrics line, the TensorBoard events, the summary, the checkpoint), and its
+    exit codes are those of ``main`` (0; 2 with one line for a user error)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "qmix.cli", "train", "--env", "matrix:two-step", "--out", str(out),
+                           "t_max=600", "test_interval=300", "log_interval=300", "checkpoint_interval=300",
+                           "use_tensorboard=true", "device=cpu", "--quiet"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["t_env"] >= 600
+    assert json.loads((out / "summary.json").read_text())
+    assert any((out / "checkpoints").iterdir())
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out))
+    events.Reload()
+    steps = [e.step for tag in events.Tags()["scalars"] for e in events.Scalars(tag)]
+    assert steps and max(steps) >= 600
+    bad = subprocess.run([sys.executable, "-m", "qmix.cli", "train", "lr=abc"], capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "lr must be a number" in bad.stderr

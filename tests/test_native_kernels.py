@@ -159,6 +159,7 @@ def test_modes_off_auto_on(monkeypatch):
             raise RuntimeError("compiler exploded\nmore detail")
 
         monkeypatch.setattr(native, "_build", broken)
+        monkeypatch.setattr(native, "_load_cached", lambda: None)
         native._state.update(module=None, error=None, tried=False)
         note = native.configure("auto")
         assert note and "compiler exploded" in note and "\n" not in note
@@ -183,6 +184,7 @@ def _broken_build():
 def unbuildable(monkeypatch):
     saved = dict(native._state)
     monkeypatch.setattr(native, "_build", _broken_build)
+    monkeypatch.setattr(native, "_load_cached", lambda: None)  # as on a machine without a build
     native._state.update(module=None, error=None, tried=False)
     yield
     native._state.clear()
@@ -344,3 +346,28 @@ def test_native_mixing_keeps_nan_visible_and_is_used_by_the_learner(kernel, monk
     monkeypatch.setitem(native._state, "module", Spy())
     learner.update(random_batch(LearnerShapes(4, 6, 2, 5, 3, 7)))
     assert sorted(calls) == ["mix_backward", "mix_forward", "mix_forward"]
+
+
+def test_a_built_library_loads_without_torchs_builder(kernel, tmp_path, monkeypatch):
+    """Once built, a process loads the library from torch's extension cache directly (torch's
+    builder, which imports setuptools, is not loaded); a file there that does not load sends
+    configure to the builder's path instead."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from qmix.modules import native; print(native.configure('on'), native.active(), "
+            "'torch.utils.cpp_extension' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["None", "True", "False"]
+    assert native._cached_library() == native.build_dir() / f"{native.extension_name()}.so"
+
+    bogus = tmp_path / "lib.so"
+    bogus.write_bytes(b"not a library")
+    monkeypatch.setattr(native, "_cached_library", lambda: bogus)
+    assert native._load_cached() is None
+    built = object()
+    monkeypatch.setattr(native, "_build", lambda: built)
+    monkeypatch.setitem(native._state, "tried", False)
+    monkeypatch.setitem(native._state, "module", None)
+    assert native.configure("on") is None and native.module() is built

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import importlib.util
 import os
 import platform
 import shutil
@@ -108,6 +109,41 @@ def _exclusive(directory: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _cached_library() -> Path | None:
+    """The library a previous build left in torch's extension cache, found by torch's own
+    directory scheme (``$TORCH_EXTENSIONS_DIR``, else its cache root and a ``py311_cpu``-style
+    folder) without importing ``torch.utils.cpp_extension`` (about 0.1 s: it imports setuptools).
+    A guess: where it finds nothing, :func:`_build` asks torch's builder."""
+    name = extension_name()
+    root = os.environ.get("TORCH_EXTENSIONS_DIR")
+    if root is None:
+        from torch import _appdirs
+
+        hip, cuda = getattr(torch.version, "hip", None), torch.version.cuda
+        accelerator = f"rocm{hip.replace('.', '')}" if hip else f"cu{cuda.replace('.', '')}" if cuda else "cpu"
+        python = f"py{sys.version_info.major}{sys.version_info.minor}{getattr(sys, 'abiflags', '')}"
+        root = os.path.join(os.path.realpath(_appdirs.user_cache_dir(appname="torch_extensions")),
+                            f"{python}_{accelerator}")
+    path = Path(root) / name / (name + (".pyd" if sys.platform == "win32" else ".so"))
+    return path if path.is_file() else None
+
+
+def _load_cached():
+    """The module of an existing build of this source for this machine and torch (the name says
+    so), loaded as torch's builder loads it; None where there is none or it does not load."""
+    try:
+        path = _cached_library()
+        if path is None:
+            return None
+        with _exclusive(path.parent):  # not while another process (re)builds it
+            spec = importlib.util.spec_from_file_location(extension_name(), path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            return module
+    except Exception:  # noqa: BLE001 - any doubt: the builder's own path decides
+        return None
+
+
 def _build():
     compilers = (os.environ.get("CXX", "c++"), "c++", "g++", "clang++")
     if not is_built() and not any(shutil.which(c) for c in compilers):
@@ -145,7 +181,7 @@ def configure(mode: str = "auto") -> str | None:
         if not _state["tried"]:
             _state["tried"] = True
             try:
-                _state["module"] = _build()
+                _state["module"] = _load_cached() or _build()
             except Exception as exc:  # noqa: BLE001 - any build failure falls back (auto) or is reported (on)
                 first = str(exc).strip().splitlines()
                 _state["error"] = f"{type(exc).__name__}: {first[0] if first else ''}"[:300]
