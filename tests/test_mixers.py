@@ -51,3 +51,21 @@ def test_decentralised_argmax_equals_joint_argmax(mixer_name):
 def test_vdn_is_the_sum():
     qs = torch.tensor([[1.0, 2.0, -0.5]])
     assert VDNMixer()(qs).item() == pytest.approx(2.5)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_the_references_plain_pymarl_mixer_computes_what_qmixer_computes(layers):
+    """The benchmark reference's mixer (pymarl's: each hypernetwork on its own, two bmm) gives
+    QMixer's values and gradients."""
+    from qmix.bench.reference import plain_mix
+    from qmix.modules.mixers import QMixer
+
+    torch.manual_seed(0)
+    mixer = QMixer(3, 7, embed_dim=8, hypernet_layers=layers)
+    qs, states = torch.randn(4, 5, 3, requires_grad=True), torch.randn(4, 5, 7)
+    a = mixer(qs, states)
+    ga = torch.autograd.grad(a.sum(), [qs, *mixer.parameters()])
+    b = plain_mix(mixer, qs, states)
+    gb = torch.autograd.grad(b.sum(), [qs, *mixer.parameters()])
+    assert a.shape == b.shape == (4, 5) and torch.allclose(a, b, atol=1e-5)
+    assert all(torch.allclose(x, y, atol=1e-5) for x, y in zip(ga, gb))

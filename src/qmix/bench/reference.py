@@ -1,7 +1,8 @@
 """A reference QMIX update written the plain pymarl way, to measure ours against.
 
 The agent is ``fc -> GRUCell -> fc`` stepped in a Python loop over the T+1 time steps, once for
-the online and once for the target network; the mixer is applied per batch; double-Q target,
+the online and once for the target network; the mixer is pymarl's (each hypernetwork applied to
+the states on its own, the mixing as two batched products, :func:`plain_mix`); double-Q target,
 masked TD loss, RMSprop, gradient-norm clipping, float32. It computes the same loss and gradients
 as :class:`qmix.learner.Learner` (a test checks this), only the way of computing differs.
 
@@ -19,6 +20,7 @@ from qmix.buffer import EpisodeBatch
 from qmix.controller import UNAVAILABLE
 from qmix.learner import Learner, masked_td_loss
 from qmix.modules.agents import AgentNetwork
+from qmix.modules.mixers import QMixer
 
 
 class CellAgent(nn.Module):
@@ -48,6 +50,23 @@ class CellAgent(nn.Module):
         return self
 
 
+def plain_mix(mixer: nn.Module, agent_qs: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+    """pymarl's ``QMixer.forward`` on the parameters of ``mixer`` (a :class:`QMixer`; any other
+    mixer is called as it is): ``agent_qs [..., n]``, ``states [..., S]`` -> ``q_tot [...]``."""
+    if not isinstance(mixer, QMixer):
+        return mixer(agent_qs, states)
+    n, E = mixer.n_agents, mixer.embed_dim
+    lead = agent_qs.shape[:-1]
+    states = states.reshape(-1, states.shape[-1])
+    qs = agent_qs.reshape(-1, 1, n)
+    w1 = torch.abs(mixer.hyper_w1(states)).view(-1, n, E)
+    b1 = mixer.hyper_b1(states).view(-1, 1, E)
+    hidden = F.elu(torch.bmm(qs, w1) + b1)
+    w_final = torch.abs(mixer.hyper_w_final(states)).view(-1, E, 1)
+    v = mixer.hyper_v(states).view(-1, 1, 1)
+    return (torch.bmm(hidden, w_final) + v).view(lead)
+
+
 class ReferenceLearner:
     def __init__(self, cfg, layout, agent: CellAgent, target_agent: CellAgent, mixer, target_mixer):
         self.cfg, self.layout = cfg, layout
@@ -75,9 +94,9 @@ class ReferenceLearner:
             avail = batch.avail[:, 1:]
             best = q[:, 1:].detach().masked_fill(~avail, UNAVAILABLE).argmax(3, keepdim=True)
             target_max = q_target.gather(3, best).squeeze(3) * avail.any(-1)
-            next_tot = self.target_mixer(target_max, batch.state[:, 1:])
+            next_tot = plain_mix(self.target_mixer, target_max, batch.state[:, 1:])
             y = batch.reward + cfg.gamma * (~batch.terminated).float() * next_tot
-        q_tot = self.mixer(chosen, batch.state[:, :-1])
+        q_tot = plain_mix(self.mixer, chosen, batch.state[:, :-1])
         mask = batch.filled.clone()
         mask[:, 1:] &= ~batch.terminated[:, :-1]
         mask = mask.float()
@@ -98,8 +117,8 @@ class PlainLearner(Learner):
 
     Optimiser, target networks, ``update`` and ``state_dict`` are the Learner's. The loss works on
     padded ``[B, T+1]`` episodes: concatenated one-hot inputs through the full ``fc1``, the GRU
-    cell (or ``fc_mid``) stepped in a Python loop over every step, padding included, the mixer on
-    all ``[B, T]`` rows, 1-step targets, and the Learner's mask. Shared-parameter agents only.
+    cell (or ``fc_mid``) stepped in a Python loop over every step, padding included, pymarl's mixer
+    (:func:`plain_mix`) on all ``[B, T]`` rows, 1-step targets, and the Learner's mask. Shared-parameter agents only.
     """
 
     def __init__(self, cfg, agent: torch.nn.Module, mixer: torch.nn.Module | None, n_actions: int):
@@ -142,9 +161,9 @@ class PlainLearner(Learner):
                 next_q = q_target.masked_fill(~avail, UNAVAILABLE).max(3).values
             next_q = next_q * avail.any(-1)  # [B, T, n]
         if self.mixer is not None:
-            q_tot = self.mixer(chosen, batch.state[:, :-1])  # [B, T]
+            q_tot = plain_mix(self.mixer, chosen, batch.state[:, :-1])  # [B, T]
             with torch.no_grad():
-                next_tot = self.target_mixer(next_q, batch.state[:, 1:])
+                next_tot = plain_mix(self.target_mixer, next_q, batch.state[:, 1:])
         else:
             q_tot, next_tot = chosen, next_q  # IQL: [B, T, n]
         mask = batch.filled.clone()
