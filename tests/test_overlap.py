@@ -56,8 +56,8 @@ def comparable(state):
 
 
 @pytest.mark.parametrize("extra", [{}, {"optimizer": "adam", "standardise_rewards": True, "target_update_tau": 0.01,
-                                 "buffer_obs_dtype": "bfloat16"}],
-                         ids=["rmsprop-hard-targets", "adam-soft-targets-bfloat16"])
+                                 "buffer_obs_dtype": "bfloat16"}, {"episodes_per_update": 2, "target_update_interval": 3}],
+                         ids=["rmsprop-hard-targets", "adam-soft-targets-bfloat16", "every-second-episode"])
 def test_same_run_as_serial_and_checkpoints_hold_the_serial_state(tmp_path, extra):
     serial = trainer(tmp_path, "serial", learner_process="off", **extra)
     train_to(serial, 351)

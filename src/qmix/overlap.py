@@ -119,12 +119,19 @@ class LearnerProcess:
         self._send(("update", stored, self.episodes_in % self.capacity))
         self.in_flight = True
 
-    def finish(self) -> dict:
+    def finish(self, then_target: bool = False, then_next: bool = False) -> dict:
         """The statistics of the update due now (the one in flight, or one run now), after which
-        the acting networks hold its result."""
+        the acting networks hold its result. ``then_target``: the target networks are updated
+        right after it; ``then_next``: the update the next inserted episode triggers is started
+        right after that (:meth:`start_next`). Both are queued before the wait for this answer, so
+        the learner process goes on to the next update without waiting for this process."""
+        if then_target:
+            self.hard_update_targets()
         if not self.in_flight:
             self._send(("update", len(self), None))
         self.in_flight = False
+        if then_next:
+            self.start_next()
         if self._done is not None:
             answer, self._done = self._done, None
         else:

@@ -319,7 +319,16 @@ class Trainer:
             t0 = time.perf_counter()
             if self.overlap:  # the learner process's answer: "learn" is the time waited for it
                 t1 = t0
-                self.acc.add_learner(buffer.finish())
+                # What follows this update in the serial order (the target update below, the next
+                # update at the next call's start) is decided now from the same counters and
+                # queued behind it, so the learner process need not wait for this answer first.
+                last = c.episodes_since_update < cfg.episodes_per_update
+                then_target = last and self._target_update_due()
+                then_next = last and c.t_env < cfg.t_max and c.episodes_since_update + 1 >= cfg.episodes_per_update \
+                    and len(buffer) + 1 >= cfg.batch_size
+                self.acc.add_learner(buffer.finish(then_target, then_next))
+                if then_target:
+                    c.last_target_update_episode = c.episode
             else:
                 batch = buffer.sample(cfg.batch_size, self.sample_gen).to(self.device)
                 t1 = time.perf_counter()
@@ -327,9 +336,14 @@ class Trainer:
             self.runner.timing["sample"] += t1 - t0
             self.runner.timing["learn"] += time.perf_counter() - t1
             c.updates += 1
-        if cfg.target_update_tau == 0 and c.episode - c.last_target_update_episode >= cfg.target_update_interval:
+        if self._target_update_due():
             (buffer if self.overlap else self.learner).hard_update_targets()
             c.last_target_update_episode = c.episode
+
+    def _target_update_due(self) -> bool:
+        c = self.counters
+        return self.cfg.target_update_tau == 0 and \
+            c.episode - c.last_target_update_episode >= self.cfg.target_update_interval
 
     def close(self) -> None:
         """End the environments and the learner process (the networks stay usable here)."""
