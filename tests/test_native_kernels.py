@@ -355,7 +355,8 @@ def test_a_built_library_loads_without_torchs_builder(kernel, tmp_path, monkeypa
     import subprocess
     import sys
 
-    code = ("import sys; from qmix.modules import native; print(native.configure('on'), native.active(), "
+    code = ("import sys, torch; from qmix.modules import native; from qmix.trainer import configure_kernels; "
+            "print(configure_kernels('on', torch.device('cpu')), native.active(), "
             "'torch.utils.cpp_extension' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr

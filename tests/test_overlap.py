@@ -287,3 +287,29 @@ def test_a_command_that_fails_leaves_no_learner_process(tmp_path, monkeypatch):
                  "learner_process=on", "t_max=300", "device=cpu", "env_args.nonsense=1"])
     assert code == 2 and len(started) == 1
     assert started[0][0].poll() is not None and launch.take_prestarted() is None
+
+
+def test_what_follows_an_update_is_queued_behind_it_in_the_serial_order():
+    """finish(then_target, then_next) sends the update due now (when none runs ahead), then the
+    target update, then the next update, and only then waits for the answer."""
+    import numpy as np
+
+    from qmix.overlap import LearnerProcess
+
+    sent = []
+    lp = LearnerProcess.__new__(LearnerProcess)
+    lp.capacity, lp.episodes_in, lp.in_flight, lp._done, lp.busy_s = 10, 4, False, None, 0.0
+    lp.learner = type("L", (), {"flat": torch.zeros(3)})()
+    lp._send = sent.append
+
+    def answer(kind):
+        sent.append(("<wait>",))
+        return ("done", {"loss": 1.0}, np.ones(3, np.float32), 0.01)
+
+    lp._receive = answer
+    assert lp.finish(then_target=True, then_next=True) == {"loss": 1.0}
+    assert sent == [("update", 4, None), ("target",), ("update", 5, 4), ("<wait>",)]
+    assert lp.in_flight and torch.equal(lp.learner.flat, torch.ones(3))
+    sent.clear()
+    lp.finish()  # the update in flight: nothing to send before the wait
+    assert sent == [("<wait>",)] and not lp.in_flight

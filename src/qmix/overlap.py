@@ -125,11 +125,11 @@ class LearnerProcess:
         right after it; ``then_next``: the update the next inserted episode triggers is started
         right after that (:meth:`start_next`). Both are queued before the wait for this answer, so
         the learner process goes on to the next update without waiting for this process."""
-        if then_target:
-            self.hard_update_targets()
         if not self.in_flight:
             self._send(("update", len(self), None))
         self.in_flight = False
+        if then_target:
+            self.hard_update_targets()
         if then_next:
             self.start_next()
         if self._done is not None:

@@ -65,6 +65,8 @@ def build_dir() -> Path:
 
 def is_built() -> bool:
     """Whether a compiled library for this source and machine is already cached."""
+    if _cached_library() is not None:  # without loading torch's builder
+        return True
     try:
         return (build_dir() / f"{extension_name()}.so").exists()
     except Exception:  # noqa: BLE001 - a missing or unwritable cache simply means "not built"
