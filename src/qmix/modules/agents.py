@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qmix.modules.gru import gru_packed, gru_packed_pair
+from qmix.modules.linear import linear
 from qmix.modules.packing import EpisodePacking
 
 
@@ -65,7 +66,7 @@ def first_layer(layout: InputLayout, fc1: nn.Linear, obs: torch.Tensor, last_act
     """
     w, o, A, H = fc1.weight, layout.obs_dim, layout.n_actions, fc1.weight.shape[0]
     if not (layout.last_action or layout.agent_id):
-        return F.linear(obs.float(), w, fc1.bias)
+        return linear(obs.float(), w, fc1.bias)
     table, index, col = fc1.bias.view(1, 1, H), 0, o
     if layout.last_action:
         # rows for actions 0..A-1 and an all-zero row for "no action yet" (-1)
@@ -79,14 +80,14 @@ def first_layer(layout: InputLayout, fc1: nn.Linear, obs: torch.Tensor, last_act
         table = table + w[:, col: col + n].t().unsqueeze(0)  # [., n, H]
         index = index * n + torch.arange(n, device=obs.device)
     rows = F.embedding(index.expand(obs.shape[:-1]), table.reshape(-1, H))  # [..., n, H]
-    x = torch.addmm(rows.view(-1, H), obs.reshape(-1, o).float(), w[:, :o].t())
+    x = linear(obs.reshape(-1, o).float(), w[:, :o], rows.view(-1, H))
     return x.view(rows.shape)
 
 
 def _agent_id_only(obs: torch.Tensor, obs_cols: torch.Tensor, id_rows: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """The first layer when the agent id is the only one-hot part: ``obs [..., n, o]`` times the
     observation columns, plus each agent's id column (``id_rows [n, H]``) and the bias."""
-    return F.linear(obs.float(), obs_cols).add_(id_rows).add_(bias)
+    return linear(obs.float(), obs_cols).add_(id_rows + bias)
 
 
 class _StepWeights(NamedTuple):
@@ -182,8 +183,8 @@ class AgentNetwork(nn.Module):
             rnn = self.rnn
             x = gru_packed(x, packing.counts, rnn.weight_ih_l0, rnn.bias_ih_l0, rnn.weight_hh_l0, rnn.bias_hh_l0)
         else:
-            x = F.relu(self.fc_mid(x), inplace=True)
-        return self.fc2(x)
+            x = F.relu(linear(x, self.fc_mid.weight, self.fc_mid.bias), inplace=True)
+        return linear(x, self.fc2.weight, self.fc2.bias)
 
     def forward_step(self, obs: torch.Tensor, last_actions: torch.Tensor,
                      hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -308,8 +309,8 @@ def forward_packed_pair(online: nn.Module, target: nn.Module, obs: torch.Tensor,
     weights = [(n.rnn.weight_ih_l0, n.rnn.bias_ih_l0, n.rnn.weight_hh_l0, n.rnn.bias_hh_l0) for n in (online, target)]
     h, h_t = gru_packed_pair(x, x_t, packing.counts, *weights)
     with torch.no_grad():
-        q_t = target.fc2(h_t)
-    return online.fc2(h), q_t
+        q_t = linear(h_t, target.fc2.weight, target.fc2.bias)
+    return linear(h, online.fc2.weight, online.fc2.bias), q_t
 
 
 class _PerAgentLinear(nn.Module):

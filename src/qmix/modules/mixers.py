@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qmix.modules import native
+from qmix.modules.linear import linear
 
 
 def _hypernet(state_dim: int, out_dim: int, layers: int, embed: int) -> nn.Module:
@@ -40,7 +41,7 @@ class QMixer(nn.Module):
         firsts = [net[0] if isinstance(net, nn.Sequential) else net for net in nets]
         weight = torch.cat([layer.weight for layer in firsts])
         bias = torch.cat([layer.bias for layer in firsts])
-        outs = F.linear(state, weight, bias).split([layer.out_features for layer in firsts], -1)
+        outs = linear(state, weight, bias).split([layer.out_features for layer in firsts], -1)
         return [net[1:](x) if isinstance(net, nn.Sequential) else x for net, x in zip(nets, outs)]
 
     def forward(self, agent_qs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
