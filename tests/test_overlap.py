@@ -104,6 +104,19 @@ def test_a_learner_process_that_dies_ends_the_run_with_one_line(tmp_path):
     tr.close()
 
 
+def test_an_episode_it_cannot_store_ends_the_run_with_why(tmp_path):
+    """Episodes are stored by the learner process's reading thread; a failure there reaches the
+    main process as the learner process's error."""
+    import numpy as np
+
+    tr = trainer(tmp_path, "run", learner_process="on")
+    train_to(tr, 200)
+    tr.buffer._send(("insert", [np.zeros((1, 3, 7, 7), np.float32)] * 7))  # no episode of this run has this shape
+    with pytest.raises(QmixError, match="the learner process failed"):
+        train_to(tr, 2000)
+    tr.close()
+
+
 def test_a_learner_process_that_fails_while_starting_says_why(tmp_path, monkeypatch):
     """Its start is not waited for: the error that stopped it comes with the first answer due."""
     real = overlap._to_bytes

@@ -313,17 +313,28 @@ def _serve_loop(conn, cfg, info, threads: int, init: bytes) -> None:
     # A thread only reads, so the main process's sends (an episode can be megabytes) always go
     # through even while this process is blocked sending an update's result that the main process
     # will read only after its own send: two blocked sends would wait for each other forever.
+    # It also stores each episode as it arrives, while an update may be running, so that storing
+    # it is not on the way from one update to the next; what it passes on after an episode comes
+    # after that episode is stored. An update's rows never include the row being stored unless it
+    # waits for it ("inserted"); the lock keeps a store and a gather apart all the same.
     inbox: queue.SimpleQueue = queue.SimpleQueue()
+    lock = threading.Lock()
 
     def read() -> None:
         try:
             while True:
                 msg = conn.recv()
+                if msg[0] == "insert":
+                    with lock:
+                        buffer.insert(*(torch.from_numpy(a) for a in msg[1]))
+                    msg = ("inserted",)
                 inbox.put(msg)
                 if msg[0] == "stop":
                     return
         except (EOFError, OSError):  # the main process ended
             inbox.put(("stop",))
+        except BaseException as exc:  # raised by the loop below, which reports it
+            inbox.put(("failed", exc))
 
     threading.Thread(target=read, name="qmix-learner-inbox", daemon=True).start()
     waiting = None  # rows of an update that waits for the episode being played
@@ -335,15 +346,16 @@ def _serve_loop(conn, cfg, info, threads: int, init: bytes) -> None:
 
     def update(idx):
         start = time.perf_counter()
-        stats = learner.update(buffer.gather(idx))
+        with lock:
+            batch = buffer.gather(idx)
+        stats = learner.update(batch)
         stats = {k: float(v) for k, v in stats.items()}
         conn.send(("done", stats, learner.flat.detach()[:acting].numpy().copy(), time.perf_counter() - start))
 
     while True:
         msg = inbox.get()
         kind = msg[0]
-        if kind == "insert":
-            buffer.insert(*(torch.from_numpy(a) for a in msg[1]))
+        if kind == "inserted":
             if waiting is not None:
                 update(waiting)
                 waiting = None
@@ -384,6 +396,8 @@ def _serve_loop(conn, cfg, info, threads: int, init: bytes) -> None:
                 conn.send(("written", exc.strerror or str(exc)))
         elif kind == "stop":
             return
+        elif kind == "failed":
+            raise msg[1]
         else:
             raise RuntimeError(f"unknown message {kind!r}")
 
