@@ -31,12 +31,14 @@ def _pair(cfg):
     return fast, plain
 
 
-@pytest.mark.parametrize("agent,mixer,layers,double_q", [
-    ("rnn", "qmix", 1, True), ("rnn", "qmix", 2, True), ("mlp", "qmix", 1, True), ("mlp", "qmix", 2, True),
-    ("rnn", "qmix", 2, False), ("rnn", "vdn", 1, True), ("rnn", "none", 1, True),
+@pytest.mark.parametrize("agent,mixer,layers,double_q,last_action", [
+    ("rnn", "qmix", 1, True, True), ("rnn", "qmix", 2, True, True), ("mlp", "qmix", 1, True, True),
+    ("mlp", "qmix", 2, True, True), ("rnn", "qmix", 2, False, True), ("rnn", "vdn", 1, True, True),
+    ("rnn", "none", 1, True, True), ("mlp", "qmix", 2, True, False), ("rnn", "qmix", 1, True, False),
 ])
-def test_same_loss_stats_and_gradients(agent, mixer, layers, double_q):
-    cfg = bench_config(agent=agent, mixer=mixer, hypernet_layers=layers, double_q=double_q)
+def test_same_loss_stats_and_gradients(agent, mixer, layers, double_q, last_action):
+    cfg = bench_config(agent=agent, mixer=mixer, hypernet_layers=layers, double_q=double_q,
+                       obs_last_action=last_action)
     fast, plain = _pair(cfg)
     batch = random_batch(SHAPES, seed=5)
     loss, stats = fast.loss(batch)

@@ -218,9 +218,13 @@ class Learner:
         # TD errors, the mixers and the loss work on transitions 0..L-1. Both packed: [M, ...].
         inputs = EpisodePacking(lengths + 1, batch.obs.shape[1])
         steps = EpisodePacking(lengths, batch.filled.shape[1])
-        # The agent's previous action at step t is actions[t-1]; none (-1) at t = 0.
-        last = torch.cat([torch.full_like(batch.actions[:, :1], -1), batch.actions], dim=1)  # [B, T+1, n]
-        obs, last = inputs.pack(batch.obs), inputs.pack(last)
+        # The agent's previous action at step t is actions[t-1]; none (-1) at t = 0 (not built for
+        # agents whose input has no previous action).
+        layout = getattr(self.agent, "layout", None)
+        last = None
+        if layout is None or layout.last_action:
+            last = inputs.pack(torch.cat([torch.full_like(batch.actions[:, :1], -1), batch.actions], dim=1))
+        obs = inputs.pack(batch.obs)
         # Online [M', n, A] with gradients and target without (their recurrences run side by side).
         q, q_target = forward_packed_pair(self.agent, self.target_agent, obs, last, inputs)
         with torch.no_grad():
