@@ -189,7 +189,7 @@ def _checked_valid_moves(env, calls: list) -> None:
         env._gen_valid_moves = functools.partial(_set_valid_moves, env)
 
 
-def use_fast_observations(env) -> None:
+def use_qmix_functions(env) -> None:
     """Make ``env`` (a Gymnasium-made ``ForagingEnv``) build its vector observations with
     :func:`observations` and its valid moves with :func:`valid_moves`; each left as it is where
     the environment overrides the library's functions (or uses grid observations)."""
@@ -217,7 +217,7 @@ def make_lbf(name: str, num_envs: int, seed: int, device, **env_args):
     args["info_keys"] = []
     return build_vector(env_id, spec, num_envs, seed, device, args,
                         avail_fn=lbf_avail if args["avail_masks"] else None,
-                        adapt=None if args["library_obs"] else use_fast_observations)
+                        adapt=None if args["library_obs"] else use_qmix_functions)
 
 
 register("lbf", make_lbf, lambda: list(KNOWN))
