@@ -308,11 +308,13 @@ def test_a_full_batch_updates_as_the_index_path_does(agent, monkeypatch):
 
     fast, slow = learner(), learner()
     seen = []
-    monkeypatch.setattr(L, "EpisodePacking", lambda lengths, T: seen.append(1) or EpisodePacking(lengths, T, uniform=False))
+    monkeypatch.setattr(L, "EpisodePacking",
+                        lambda lengths, T, uniform: seen.append(("index", uniform)) or EpisodePacking(lengths, T, uniform=False))
     b = slow.update(batch)
-    monkeypatch.setattr(L, "EpisodePacking", lambda lengths, T: seen.append(0) or EpisodePacking(lengths, T))
+    monkeypatch.setattr(L, "EpisodePacking",
+                        lambda lengths, T, uniform: seen.append(("slices", uniform)) or EpisodePacking(lengths, T, uniform=uniform))
     a = fast.update(batch)
-    assert seen == [1, 1, 0, 0]
+    assert seen == [("index", True)] * 2 + [("slices", True)] * 2
     for k in ("loss", "grad_norm", "q_taken_mean", "target_mean"):
         assert torch.equal(a[k], b[k]), k
     assert torch.equal(fast.flat, slow.flat) and torch.equal(fast.flat.grad, slow.flat.grad)

@@ -216,8 +216,9 @@ class Learner:
         lengths = batch.filled.sum(1)
         # Observations 0..L of each episode (L + 1 of them) go through the agent networks; the
         # TD errors, the mixers and the loss work on transitions 0..L-1. Both packed: [M, ...].
-        inputs = EpisodePacking(lengths + 1, batch.obs.shape[1])
-        steps = EpisodePacking(lengths, batch.filled.shape[1])
+        full = bool((lengths == batch.filled.shape[1]).all())  # every episode fills the batch: packing by slicing
+        inputs = EpisodePacking(lengths + 1, batch.obs.shape[1], uniform=full)
+        steps = EpisodePacking(lengths, batch.filled.shape[1], uniform=full)
         # The agent's previous action at step t is actions[t-1]; none (-1) at t = 0 (not built for
         # agents whose input has no previous action).
         layout = getattr(self.agent, "layout", None)
