@@ -235,7 +235,7 @@ def run() -> None:
                 stream.flush()
             except (OSError, ValueError):  # a closed pipe (qmix ... | head) or stream
                 pass
-        os._exit(code)
+        os._exit(code if isinstance(code, int) else int(code is not None))  # as sys.exit would take it
 
 
 if __name__ == "__main__":
