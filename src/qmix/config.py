@@ -276,11 +276,15 @@ def alg_preset(alg: str) -> dict:
     return _load_yaml_resource("algs", f"{alg}.yaml") or {}
 
 
+def _family_preset(family: str) -> dict:
+    return _load_yaml_resource("envs", f"{family}.yaml") or {}
+
+
 def env_preset(env_id: str) -> dict:
     from qmix.envs.registry import split_env_id
 
     family, _ = split_env_id(env_id)
-    return _load_yaml_resource("envs", f"{family}.yaml") or {}
+    return _family_preset(family)
 
 
 def guess_settings(overrides: dict) -> dict:
@@ -290,7 +294,7 @@ def guess_settings(overrides: dict) -> dict:
     the real config."""
     alg, env_id = overrides.get("alg", Config.alg), overrides.get("env", Config.env)
     family = env_id.split(":", 1)[0] if isinstance(env_id, str) else ""
-    env = (_load_yaml_resource("envs", f"{family}.yaml") or {}) if family.isidentifier() else {}
+    env = _family_preset(family) if family.isidentifier() else {}
     return merge_config(merge_config(alg_preset(alg), env), overrides)
 
 
